@@ -1,0 +1,120 @@
+"""Configuration: one small dataclass for a training run, and named presets of it."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the option."""
+
+
+@dataclass
+class Config:
+    """Everything that defines a training run. The defaults are the lecture's model and recipe."""
+
+    # model
+    block_size: int = 3          # characters of context
+    n_embd: int = 10             # embedding size per character
+    n_hidden: int = 200          # units per hidden tanh layer
+    n_layers: int = 1            # hidden tanh layers
+    dropout: float = 0.0         # dropout after each hidden layer
+    norm: str = "none"           # normalisation before each tanh: none, batch or layer
+    # optimisation
+    batch_size: int = 32
+    steps: int | None = 200_000  # optimizer steps (ignored when epochs is set)
+    epochs: int | None = None    # passes over the train split, instead of steps
+    optimizer: str = "sgd"       # sgd, adam or adamw
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    decay_at: list[int] = field(default_factory=lambda: [100_000])  # steps where the rate is cut
+    decay_factor: float = 0.1    # the rate is multiplied by this at each milestone
+    schedule: str = "step"       # step (milestones above) or cosine
+    plateau_patience: int = 0    # > 0: also cut the rate when dev loss stalls this many evaluations
+    # run
+    seed: int = 42
+    steps_per_call: int = 0      # optimizer steps per compiled call; 0 picks one
+    jit_compile: bool = True     # compile the training step with XLA
+
+    def validate(self) -> "Config":
+        positive = ("block_size", "n_embd", "n_hidden", "n_layers", "batch_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.epochs is None and (self.steps is None or self.steps < 1):
+            raise ConfigError(f"--steps must be a positive integer, got {self.steps!r}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"--epochs must be a positive integer, got {self.epochs!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
+        if not (math.isfinite(self.decay_factor) and self.decay_factor > 0):
+            raise ConfigError(f"--decay-factor must be a positive number, got {self.decay_factor!r}")
+        if any((not isinstance(s, int)) or s < 1 for s in self.decay_at):
+            raise ConfigError(f"--decay-at takes positive step counts, got {self.decay_at!r}")
+        if self.norm not in ("none", "batch", "layer"):
+            raise ConfigError(f"--norm must be none, batch or layer, got {self.norm!r}")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise ConfigError(f"--optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
+        if self.schedule not in ("step", "cosine"):
+            raise ConfigError(f"--schedule must be step or cosine, got {self.schedule!r}")
+        if self.steps_per_call < 0:
+            raise ConfigError(f"--steps-per-call must be >= 0, got {self.steps_per_call!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "configuration") -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes) -> "Config":
+        return Config.from_dict({**self.to_dict(), **changes})
+
+
+# Named starting points for `kmlp train --preset NAME`; flags given on the command line override them.
+PRESETS: dict[str, dict] = {
+    # The lecture's recipe, exactly: 200k SGD steps at batch 32, rate 0.1 then 0.01.
+    "lecture": dict(block_size=3, n_embd=10, n_hidden=200, batch_size=32, steps=200_000,
+                    optimizer="sgd", lr=0.1, decay_at=[100_000], decay_factor=0.1),
+    # What `kmlp train` does with no flags: a larger context and model, Adam with a decaying rate.
+    "default": dict(block_size=8, n_embd=24, n_hidden=512, batch_size=256, steps=20_000,
+                    optimizer="adam", lr=3e-3, decay_at=[12_000, 17_000], decay_factor=0.2),
+    # Dev loss <= 2.17 as fast as possible.
+    "fast": dict(block_size=5, n_embd=16, n_hidden=256, batch_size=256, steps=4_000,
+                 optimizer="adam", lr=1e-2, decay_at=[2_500, 3_500], decay_factor=0.2),
+}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    return Config.from_dict(PRESETS[name], source=f"preset {name!r}")
+
+
+def load_config_file(path: str | Path) -> Config:
+    """A configuration from a JSON file (as written by ``kmlp tune`` or found in a run's config.json)."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(values, dict) and isinstance(values.get("config"), dict):
+        values = values["config"]  # a run's config.json holds the configuration under "config"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a JSON object of options")
+    return Config.from_dict(values, source=str(path))
