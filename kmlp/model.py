@@ -28,8 +28,8 @@ class CharMLP(keras.Model):
     """
 
     def train_step(self, data):
-        x, y = data[0], data[1]
-        if x.shape.rank != 3 or len(data) > 2:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if x.shape.rank != 3 or sample_weight is not None:
             return super().train_step(data)
         steps = tf.shape(x)[0]
 

@@ -115,7 +115,8 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
                *callbacks]
         fit_started = time.perf_counter()
         history = model.fit(train_ds, steps_per_epoch=plan.calls_per_epoch, epochs=plan.epochs,
-                            validation_data=dev_ds, callbacks=cbs, verbose=verbose)
+                            validation_data=dev_ds, callbacks=cbs, verbose=verbose,
+                            shuffle=False)  # the pipeline shuffles
         fit_seconds = time.perf_counter() - fit_started
         losses = history.history.get("loss", [])
         if not losses or not all(math.isfinite(v) for v in losses) or int(model.optimizer.iterations) < plan.steps:

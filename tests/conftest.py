@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny synthetic word lists for unit tests, the real names.txt for integration tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kmlp._quiet import silence_tensorflow
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_NAMES = ROOT.parent / "shared" / "data" / "names.txt"
+
+TINY_WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "amelia", "harper", "evelyn",
+              "abigail", "emily", "ella", "elizabeth", "camila", "luna", "sofia", "avery", "mila",
+              "aria", "scarlett", "penelope", "layla", "chloe", "victoria", "madison", "eleanor"]
+
+silence_tensorflow()
+
+
+@pytest.fixture(scope="session")
+def names_path() -> Path:
+    """The real names.txt beside the project. Missing is a failure, never a skip (CI always has it)."""
+    if not SHARED_NAMES.is_file():
+        pytest.fail(f"{SHARED_NAMES} is missing: integration tests need the shared names.txt")
+    return SHARED_NAMES
+
+
+@pytest.fixture
+def tiny_words() -> list[str]:
+    return list(TINY_WORDS)
+
+
+@pytest.fixture
+def tiny_names_file(tmp_path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(*args, cwd=None, timeout=600, env_extra=None) -> subprocess.CompletedProcess:
+    """Run ``kmlp ARGS`` in a fresh process, as a user would; returns the completed process."""
+    env = {**os.environ, **(env_extra or {})}
+    env.pop("KMLP_TF_LOGS", None)
+    return subprocess.run([sys.executable, "-m", "kmlp", *map(str, args)], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,62 @@
+"""kmlp.model: the functional MLP, its parameter count, chunked training and save/load."""
+
+import keras
+import numpy as np
+import pytest
+
+from kmlp.model import CharMLP, build_model, compile_model, make_optimizer
+
+
+def test_lecture_size_has_11897_parameters():
+    model = build_model(vocab_size=27, block_size=3, n_embd=10, n_hidden=200)
+    assert model.count_params() == 11_897
+
+
+def test_functional_graph_embedding_reshape_dense_logits():
+    model = build_model(vocab_size=27, block_size=3, n_embd=10, n_hidden=200)
+    assert isinstance(model, CharMLP) and isinstance(model, keras.src.models.Functional)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["InputLayer", "Embedding", "Reshape", "Dense", "Dense"]
+    assert model.inputs[0].dtype == "int32" and tuple(model.input_shape) == (None, 3)
+    assert tuple(model.get_layer("flatten").output.shape) == (None, 30)
+    assert model.get_layer("hidden").activation.__name__ == "tanh"
+    assert tuple(model.output_shape) == (None, 27)
+
+
+def test_options_add_layers_and_check_ranges():
+    model = build_model(27, 4, 8, 64, n_layers=3, dropout=0.1, norm="layer")
+    assert len([l for l in model.layers if l.name.startswith("hidden")]) == 3
+    with pytest.raises(ValueError, match="n_hidden"):
+        build_model(27, 3, 10, 0)
+    with pytest.raises(ValueError, match="dropout"):
+        build_model(27, 3, 10, 10, dropout=1.5)
+    with pytest.raises(ValueError, match="optimizer"):
+        make_optimizer("rmsprop")
+
+
+def _tiny_batch(k=None, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (8, 3) if k is None else (k, 8, 3)
+    return rng.integers(0, 27, shape).astype(np.int32), rng.integers(0, 27, shape[:-1]).astype(np.int32)
+
+
+def test_a_chunk_is_the_same_as_its_minibatches_one_by_one():
+    x, y = _tiny_batch(k=4)
+    chunked = compile_model(build_model(seed=1), "sgd", lr=0.1, jit_compile=True)
+    stepwise = compile_model(build_model(seed=1), "sgd", lr=0.1, jit_compile=False)
+    chunked.train_on_batch(x, y)
+    for i in range(4):
+        stepwise.train_on_batch(x[i], y[i])
+    assert int(chunked.optimizer.iterations) == int(stepwise.optimizer.iterations) == 4
+    for a, b in zip(chunked.get_weights(), stepwise.get_weights()):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_saved_model_reloads_to_identical_predictions(tmp_path):
+    model = compile_model(build_model(seed=3), "adam", lr=1e-2)
+    x, y = _tiny_batch()
+    model.fit(x, y, epochs=2, verbose=0)
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert isinstance(again, CharMLP)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), again.predict(x, verbose=0))

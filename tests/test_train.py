@@ -1,0 +1,85 @@
+"""kmlp.train and the train/evaluate/sample commands: plans, run directories, real-data training."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from kmlp.config import Config
+from kmlp.data import NamesData
+from kmlp.runs import load_run
+from kmlp.train import fit_verdict, plan_training, train
+
+NOISE = ("cuda", "oneDNN", "absl", "cpu_feature_guard", "I0000", "W0000", "E0000", "Traceback",
+         "UserWarning", "tensorflow")
+
+
+def test_plan_puts_total_and_milestones_on_call_boundaries(tiny_names_file):
+    data = NamesData.from_file(tiny_names_file, block_size=3)
+    for steps, milestones in ((200_000, [100_000]), (20_000, [12_000, 17_000]), (1_234, [617]), (97, [])):
+        plan = plan_training(Config(steps=steps, decay_at=milestones), data)
+        assert plan.steps == steps == plan.epochs * plan.steps_per_epoch
+        assert all(m % plan.steps_per_call == 0 for m in milestones)
+        assert 1 <= plan.steps_per_call <= 250
+    lecture = plan_training(Config(), NamesData.from_words([f"w{i:05d}x" for i in range(20_000)]))
+    assert lecture.steps_per_call == 250
+
+
+def test_fit_verdict_reads_the_gap():
+    assert fit_verdict(2.00, 2.01).startswith("underfits")
+    assert fit_verdict(1.80, 2.00).startswith("overfits")
+    assert fit_verdict(2.00, 2.05).startswith("fits well")
+
+
+def test_train_writes_a_complete_run(tiny_names_file, tmp_path):
+    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.1)
+    out = tmp_path / "run"
+    result = train(config, data_path=tiny_names_file, out_dir=out, verbose=0, log=lambda *_: None)
+    for name in ("model.keras", "config.json", "history.csv", "metrics.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"train_loss", "dev_loss", "steps", "seconds", "params"} <= set(metrics)
+    assert metrics["steps"] == 60 and metrics["params"] == result.model.count_params()
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert rows and {"loss", "val_loss", "lr"} <= set(rows[0])
+    run = load_run(out)
+    assert run.vocab == result.data.vocab and run.config == config
+    x = result.data.arrays["dev"][0]
+    for saved, trained in zip(run.model.get_weights(), result.model.get_weights()):
+        np.testing.assert_array_equal(saved, trained)
+    np.testing.assert_array_equal(run.model(x, training=False), result.model(x, training=False))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+@pytest.mark.integration
+def test_short_training_on_names_lowers_dev_loss_below_2_6(names_path, tmp_path):
+    config = Config(block_size=3, n_embd=10, n_hidden=200, batch_size=64, steps=1500, optimizer="adam",
+                    lr=1e-2, decay_at=[])
+    result = train(config, data_path=names_path, out_dir=tmp_path / "run", verbose=0, log=lambda *_: None)
+    assert result.metrics["dev_loss"] < 2.6
+    assert result.metrics["train_loss"] < 2.6
+
+
+@pytest.mark.integration
+def test_cli_train_sample_evaluate_end_to_end(names_path, tmp_path):
+    out = tmp_path / "cli_run"
+    trained = run_cli("train", "--data", names_path, "--out", out, "--steps", "1000", "--batch-size", "128",
+                      "--optimizer", "adam", "--lr", "0.01", "--decay-at", "none", "--samples", "5")
+    assert trained.returncode == 0, trained.stderr
+    assert "dev loss" in trained.stdout and "names sampled" in trained.stdout
+    assert "train 25,6" in trained.stdout  # split sizes are printed
+    assert not any(word in trained.stdout + trained.stderr for word in NOISE), trained.stderr
+
+    sampled = run_cli("sample", out, "-n", "7", "--seed", "5")
+    assert sampled.returncode == 0, sampled.stderr
+    again = run_cli("sample", out, "-n", "7", "--seed", "5")
+    assert sampled.stdout == again.stdout
+    assert not any(word in sampled.stderr for word in NOISE), sampled.stderr
+
+    evaluated = run_cli("evaluate", out, "--split", "test")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 1.5 < metrics["test_loss"] < 2.6
+    assert f"{metrics['test_loss']:.4f}" in evaluated.stdout
