@@ -1,0 +1,127 @@
+"""kmlp.callbacks: schedules counted in optimizer steps, the loss-curve recorder, rate options in train()."""
+
+import csv
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from kmlp.callbacks import CosineDecay, LossCurve, StepDecay
+from kmlp.config import Config, ConfigError
+from kmlp.data import NamesData
+from kmlp.model import build_model, compile_model
+from kmlp.train import train
+
+
+class RateLog(keras.callbacks.Callback):
+    """The optimizer step and the rate in force at the start of every batch (after the schedule)."""
+
+    def on_train_begin(self, logs=None):
+        self.seen = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        opt = self.model.optimizer
+        self.seen.append((int(opt.iterations), float(keras.ops.convert_to_numpy(opt.learning_rate))))
+
+
+def tiny_model(words, optimizer=None, seed=0):
+    data = NamesData.from_words(words, block_size=3)
+    model = build_model(len(data.vocab), block_size=3, n_embd=4, n_hidden=16, seed=seed)
+    compile_model(model, optimizer or keras.optimizers.SGD(0.1), jit_compile=False)
+    return model, data
+
+
+def fit(model, data, callbacks, steps_per_call=1, calls=10, epochs=1):
+    ds = data.dataset("train", 8, steps_per_call=steps_per_call)
+    return model.fit(ds, steps_per_epoch=calls, epochs=epochs, callbacks=callbacks, verbose=0,
+                     shuffle=False)  # the pipeline shuffles
+
+
+@pytest.mark.parametrize("steps_per_call, milestones", [(1, [7, 13]), (5, [10, 25])])
+def test_step_decay_rate_in_force_is_the_schedule_at_every_step(tiny_words, steps_per_call, milestones):
+    model, data = tiny_model(tiny_words)
+    decay, log = StepDecay(0.1, milestones, factor=0.1), RateLog()
+    history = fit(model, data, [decay, log], steps_per_call=steps_per_call, calls=12 // steps_per_call + 2,
+                  epochs=3)
+    assert int(model.optimizer.iterations) == len(log.seen) * steps_per_call
+    for start, rate in log.seen:  # a chunk runs all its steps at the rate set at its start
+        for step in range(start, start + steps_per_call):
+            expected = 0.1 * 0.1 ** sum(step >= m for m in milestones)
+            assert rate == np.float32(expected), (step, rate)
+    assert {r for _, r in log.seen} == {np.float32(0.1), np.float32(0.01), np.float32(0.001)}
+    assert history.history["lr"][-1] == pytest.approx(0.001)
+
+
+def test_cosine_decay_follows_half_a_cosine_then_stays(tiny_words):
+    model, data = tiny_model(tiny_words)
+    log = RateLog()
+    fit(model, data, [CosineDecay(0.2, decay_steps=20, alpha=0.1), log], calls=25)
+    for step, rate in log.seen:
+        expected = 0.2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, 20) / 20)))
+        assert rate == pytest.approx(expected, rel=1e-6), step
+    assert log.seen[0][1] == pytest.approx(0.2) and log.seen[-1][1] == pytest.approx(0.02)
+
+
+def test_a_cut_by_reduce_lr_on_plateau_scales_the_rest_of_the_schedule(tiny_words):
+    model, data = tiny_model(tiny_words)
+    # min_delta so large that no epoch after the first counts as an improvement: a cut after epoch 2
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=1e9)
+    log = RateLog()
+    fit(model, data, [StepDecay(0.1, [25], 0.1), plateau, log], calls=10, epochs=3)
+    rates = dict(log.seen)
+    assert rates[0] == np.float32(0.1) and rates[19] == np.float32(0.1)
+    assert rates[20] == np.float32(0.05)         # halved by the plateau after the second epoch
+    assert rates[25] == np.float32(0.005)        # and the milestone still applies on top
+
+
+def test_loss_curve_recovers_each_batch_loss_from_the_running_mean(tiny_words):
+    model_a, data = tiny_model(tiny_words, seed=3)
+    curve = LossCurve()
+    fit(model_a, data, [curve], calls=30)
+    model_b, _ = tiny_model(tiny_words, seed=3)
+    per_batch = fit(model_b, data, [], calls=1, epochs=30).history["loss"]  # one batch per epoch
+    assert curve.steps == list(range(1, 31))
+    np.testing.assert_allclose(curve.losses, per_batch, rtol=1e-5)
+    assert curve.rates == [pytest.approx(0.1)] * 30
+
+
+def test_loss_curve_gives_one_point_per_chunk(tiny_words):
+    model, data = tiny_model(tiny_words)
+    curve = LossCurve()
+    history = fit(model, data, [curve], steps_per_call=4, calls=5, epochs=2)
+    assert curve.steps == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    for epoch, mean in enumerate(history.history["loss"]):  # the epoch mean is the mean of its chunks
+        assert np.mean(curve.losses[5 * epoch: 5 * epoch + 5]) == pytest.approx(mean, rel=1e-5)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: StepDecay(0.0), "initial_lr"),
+    (lambda: StepDecay(0.1, factor=-1), "factor"),
+    (lambda: StepDecay(0.1, milestones=[0]), "milestones"),
+    (lambda: StepDecay(0.1, milestones=[2.5]), "milestones"),
+    (lambda: CosineDecay(0.1, decay_steps=0), "decay_steps"),
+    (lambda: CosineDecay(0.1, decay_steps=10, alpha=2), "alpha"),
+])
+def test_bad_arguments_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_train_with_cosine_and_plateau_logs_the_rate(tiny_names_file, tmp_path):
+    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[],
+                    lr=0.1, schedule="cosine", plateau_patience=1, steps_per_call=5)
+    result = train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", verbose=0,
+                   log=lambda *_: None)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    rates = [float(r["lr"]) for r in rows]
+    assert len(rates) == result.metrics["epochs"] >= 2
+    assert all(b < a for a, b in zip(rates, rates[1:]))
+    assert rates[0] < 0.1
+
+
+def test_config_refuses_a_plateau_option_that_cannot_cut():
+    with pytest.raises(ConfigError, match="plateau-patience"):
+        Config(plateau_patience=-1).validate()
+    with pytest.raises(ConfigError, match="below 1"):
+        Config(plateau_patience=2, decay_factor=1.5).validate()

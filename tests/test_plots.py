@@ -1,0 +1,70 @@
+"""kmlp.plots: every picture is a valid PNG that matplotlib reads back; train() draws its pictures."""
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from kmlp.config import Config
+from kmlp.lr_find import LRFindResult
+from kmlp.plots import plot_embedding, plot_loss, plot_lr_find, project_2d
+from kmlp.train import train
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path, min_size=(300, 400)):
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] >= min_size[0] and image.shape[1] >= min_size[1]
+    assert image[..., :3].std() > 0.05  # something is drawn, not a blank canvas
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+@pytest.mark.parametrize("with_rates", [True, False])
+def test_loss_plot_is_a_valid_png(tmp_path, with_rates):
+    steps = np.arange(250, 20_001, 250)
+    losses = 2.1 + 1.5 * np.exp(-steps / 3000)
+    rates = np.where(steps <= 10_000, 0.1, 0.01) if with_rates else None
+    path = plot_loss(tmp_path / "loss.png", steps, losses, dev_steps=[10_000, 20_000],
+                     dev_losses=[2.25, 2.17], rates=rates)
+    assert_png(path)
+
+
+def test_embedding_plot_of_two_dimensions_uses_them_as_they_are(tmp_path):
+    table = np.random.default_rng(0).normal(size=(27, 2))
+    points, xlabel, _ = project_2d(table)
+    np.testing.assert_array_equal(points, table)
+    assert xlabel == "dimension 1"
+    assert_png(plot_embedding(tmp_path / "embedding.png", table, list(".abcdefghijklmnopqrstuvwxyz")))
+
+
+def test_pca_keeps_the_geometry_of_a_table_lying_in_a_plane(tmp_path):
+    rng = np.random.default_rng(1)
+    plane = np.linalg.qr(rng.normal(size=(10, 2)))[0].T   # two orthonormal directions in 10-D
+    flat = rng.normal(size=(27, 2)) * [3.0, 1.0]
+    table = flat @ plane + rng.normal(size=10)           # shifted off the origin
+    points, xlabel, ylabel = project_2d(table)
+    distances = lambda p: np.linalg.norm(p[:, None] - p[None], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(distances(points), distances(table), atol=1e-9)
+    assert xlabel.startswith("PC 1") and "%" in ylabel
+    assert points[:, 0].var() >= points[:, 1].var()
+    assert_png(plot_embedding(tmp_path / "embedding.png", table, list(".abcdefghijklmnopqrstuvwxyz")))
+    with pytest.raises(ValueError, match="labels"):
+        plot_embedding(tmp_path / "bad.png", table, ["a", "b"])
+
+
+def test_lr_find_plot_is_a_valid_png(tmp_path):
+    rates = np.geomspace(1e-3, 1.0, 300)
+    losses = 2.5 + (np.log10(rates) + 1) ** 2 + np.random.default_rng(2).normal(0, 0.2, 300)
+    result = LRFindResult(rates=list(rates), losses=list(losses), smoothed=list(losses),
+                          suggested_lr=0.05, floor_lr=0.1, floor_loss=2.5, diverged=True,
+                          start_lr=1e-3, end_lr=1.0, num_steps=400)
+    assert_png(plot_lr_find(tmp_path / "lr_find.png", result))
+
+
+def test_train_writes_loss_and_embedding_pictures_into_the_run(tiny_names_file, tmp_path):
+    config = Config(block_size=3, n_embd=2, n_hidden=16, batch_size=8, steps=60, decay_at=[30],
+                    steps_per_call=10)
+    train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", verbose=0, log=lambda *_: None)
+    assert_png(tmp_path / "run" / "loss.png")
+    assert_png(tmp_path / "run" / "embedding.png")
