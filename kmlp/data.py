@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import unicodedata
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -39,34 +40,60 @@ class DataError(ValueError):
 # Reading the file
 
 
-def load_words(path: str | os.PathLike) -> list[str]:
-    """Read one item per line (UTF-8): strip surrounding whitespace, drop blank lines.
+MAX_NAME_LENGTH = 1000  # a longer line is not a name: a file without line breaks, or not a names file
 
-    A UTF-8 byte-order mark and CRLF line endings are accepted. Anything else that makes the file
-    unusable raises :class:`DataError` with a one-line message naming the file (and line).
+
+def load_words(path: str | os.PathLike) -> list[str]:
+    """Read one name per line (UTF-8), keeping every character as it is written.
+
+    Surrounding whitespace is stripped and blank lines are dropped; a UTF-8 byte-order mark and
+    CRLF or CR line endings are accepted; each name is put in Unicode NFC form, so an accented
+    letter is one character however it was typed. Case, letters beyond ASCII, inner spaces,
+    hyphens, apostrophes, digits and ``.`` are kept: the vocabulary is whatever the data holds.
+    Repeated names are kept (how often a name occurs is part of what the model learns).
+
+    Anything that makes the file unusable raises :class:`DataError` with a one-line message naming
+    the file (and the line): a missing or unreadable path, a directory, no names at all, bytes that
+    are not UTF-8, control characters (a tab: a TSV file?) or a line over ``MAX_NAME_LENGTH``.
     """
+    return [text for _, text in read_names(path)]
+
+
+def read_names(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """``(line number, name)`` for every name in the file; see :func:`load_words` for the rules."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a text file with one name per line")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    words = []
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+    names = []
+    for lineno, line in enumerate(raw.splitlines(), start=1):  # splits on \n, \r\n and \r
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
             raise DataError(
                 f"{path}:{lineno}: not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})"
             ) from None
-        text = text.strip()
-        if text:
-            words.append(text)
-    if not words:
+        text = unicodedata.normalize("NFC", text.strip())
+        if not text:
+            continue
+        if len(text) > MAX_NAME_LENGTH:
+            raise DataError(f"{path}:{lineno}: a line of {len(text):,} characters is not a name "
+                            f"(the limit is {MAX_NAME_LENGTH:,}); expected one name per line")
+        control = next((i for i, c in enumerate(text) if unicodedata.category(c) == "Cc"), None)
+        if control is not None:
+            raise DataError(f"{path}:{lineno}: control character U+{ord(text[control]):04X} at column "
+                            f"{control + 1}; expected one name per line, not a table or binary file")
+        names.append((lineno, text))
+    if not names:
         raise DataError(f"{path}: no names in the file (it is empty or holds only blank lines)")
-    return words
+    return names
 
 
 def resolve_data_path(path: str | os.PathLike | None = None, download: bool = True) -> Path:
@@ -240,6 +267,10 @@ def split_words(words, seed: int = 42, fractions=(0.8, 0.1, 0.1)) -> dict[str, l
     return out
 
 
+# The fewest distinct names for which the 80/10/10 split leaves every part non-empty.
+MIN_DISTINCT_NAMES = 8
+
+
 @dataclass
 class NamesData:
     """Everything the model needs from a names file: vocabulary, word splits and their examples.
@@ -266,7 +297,8 @@ class NamesData:
             where = f"{path}: " if path else ""
             raise DataError(
                 f"{where}{len(set(words))} distinct names are too few for non-empty train/dev/test "
-                f"splits (80/10/10); at least 3 are needed and many more for a useful model"
+                f"splits (80/10/10); at least {MIN_DISTINCT_NAMES} are needed and many more for a "
+                f"useful model"
             )
         arrays = {name: build_dataset(splits[name], vocab, block_size) for name in SPLITS}
         return cls(vocab=vocab, block_size=block_size, words=splits, arrays=arrays, path=path, seed=seed)
@@ -275,13 +307,14 @@ class NamesData:
     def from_file(cls, path=None, block_size: int = 3, seed: int = 42, vocab: Vocabulary | None = None
                   ) -> "NamesData":
         path = resolve_data_path(path)
-        words = load_words(path)
+        numbered = read_names(path)
         if vocab is not None:
-            for lineno, w in enumerate(words, start=1):
+            for lineno, w in numbered:
                 missing = vocab.unknown(w)
                 if missing:
-                    raise DataError(f"{path}: name {w!r} has characters the model's vocabulary lacks: "
-                                    f"{''.join(missing)!r}")
+                    raise DataError(f"{path}:{lineno}: name {w!r} has characters the model's vocabulary "
+                                    f"lacks: {''.join(missing)!r}")
+        words = [w for _, w in numbered]
         return cls.from_words(words, block_size=block_size, seed=seed, vocab=vocab, path=path)
 
     def summary(self) -> str:
@@ -297,7 +330,7 @@ class NamesData:
         return max(1, self.num_examples("train") // batch_size)
 
     def dataset(self, split: str, batch_size: int, shuffle: bool | None = None, seed: int | None = None,
-                first_epoch: int = 0, steps_per_call: int = 1):
+                first_epoch: int = 0, steps_per_call: int = 1, start_step: int = 0):
         """A ``tf.data.Dataset`` of ``(context, next_index)`` minibatches for ``split``.
 
         The train split is shuffled afresh every epoch and repeats forever (give ``model.fit`` a
@@ -307,17 +340,19 @@ class NamesData:
         X, y = self.arrays[split]
         shuffle = split == "train" if shuffle is None else shuffle
         return make_dataset(X, y, batch_size, shuffle=shuffle, repeat=shuffle, seed=self.seed if seed is None else seed, first_epoch=first_epoch,
-                            steps_per_call=steps_per_call)
+                            steps_per_call=steps_per_call, start_step=start_step)
 
 
 def make_dataset(X, y, batch_size: int, shuffle: bool = True, repeat: bool = True, seed: int = 0,
-                 first_epoch: int = 0, steps_per_call: int = 1):
+                 first_epoch: int = 0, steps_per_call: int = 1, start_step: int = 0):
     """Minibatches from in-memory arrays, built for speed.
 
     The arrays live in memory as tensors. Shuffling permutes indices once per epoch (a single op,
     not a per-example shuffle buffer) and each minibatch is one ``gather``; the permutation of epoch
     ``e`` depends only on ``(seed, e)``, so runs repeat exactly and a resumed run can start at any
     epoch. Shuffled epochs drop their last partial batch so every step sees ``batch_size`` examples.
+    ``start_step`` skips that many minibatches (counted from ``first_epoch``): a run resumed after
+    ``s`` optimizer steps sees exactly the minibatches an uninterrupted run would from step ``s`` on.
     """
     import tensorflow as tf
 
@@ -337,8 +372,9 @@ def make_dataset(X, y, batch_size: int, shuffle: bool = True, repeat: bool = Tru
             tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
         return tf.data.Dataset.from_tensor_slices(tf.reshape(perm[:used], [n_batches, -1]))
 
+    first_epoch += start_step // n_batches
     epochs = tf.data.Dataset.range(first_epoch, 2**62 if repeat else first_epoch + 1)
-    ds = epochs.flat_map(epoch_batches)
+    ds = epochs.flat_map(epoch_batches).skip(start_step % n_batches)  # index rows only: cheap
     if steps_per_call > 1:
         ds = ds.batch(steps_per_call, drop_remainder=True)
     ds = ds.map(lambda idx: (tf.gather(X, idx), tf.gather(y, idx)), num_parallel_calls=tf.data.AUTOTUNE,

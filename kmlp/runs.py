@@ -29,6 +29,10 @@ class RunError(ValueError):
     """A run directory is missing, incomplete or inconsistent; the message names the path."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing was saved."""
+
+
 @dataclass
 class Run:
     """A trained model with everything needed to use it."""
@@ -46,6 +50,13 @@ def staging_dir(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+
+
+def backup_dir(out_dir: Path) -> Path:
+    """Where training keeps its last completed epoch until the run is published: a hidden folder
+    beside ``out_dir`` (``saved_models/.default.backup`` for ``saved_models/default``)."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.backup"
 
 
 def publish(staging: Path, out_dir: Path) -> Path:
@@ -70,10 +81,14 @@ def write_json(path: Path, obj) -> None:
     """Write JSON through a temporary file and a rename, so the file is whole or untouched."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def read_json(path: Path) -> dict:
@@ -94,11 +109,11 @@ def update_metrics(run_dir: Path, **values) -> dict:
 
 
 def load_run(run_dir: str | os.PathLike, compile: bool = False) -> Run:
-    """Load a run directory written by ``kmlp train``, checking that its files agree."""
-    import keras
+    """Load a run directory written by ``kmlp train``, checking that its files agree.
 
-    from . import model as _model  # noqa: F401  registers CharMLP for loading
-
+    The model is loaded with Keras's ``safe_mode``: a file that would run code when loaded (a
+    ``Lambda`` layer, say) is refused. A missing, damaged or mismatched file raises :class:`RunError`.
+    """
     path = Path(run_dir)
     if not path.is_dir():
         raise RunError(f"{path}: no such run directory")
@@ -113,6 +128,10 @@ def load_run(run_dir: str | os.PathLike, compile: bool = False) -> Run:
         raise RunError(f"{path / CONFIG_FILE}: not a kmlp configuration ({e})") from None
     if not zipfile.is_zipfile(model_path):
         raise RunError(f"{model_path}: corrupt or truncated (not a Keras archive)")
+    import keras  # only now: the checks above answer without loading TensorFlow
+
+    from . import model as _model  # noqa: F401  registers CharMLP for loading
+
     try:
         model = keras.saving.load_model(model_path, compile=compile, safe_mode=True)
     except Exception as e:  # Keras raises many types for damaged archives

@@ -1,0 +1,417 @@
+"""Reliability: bad data files, bad arguments, damaged runs, crashes, divergence, resume, repeatability
+and the mirrored strategy, met the way a user meets them: through the ``kmlp`` command.
+
+Errors must be one line on stderr, ``kmlp: error: ...``, naming the file (and line), exit status 2,
+no traceback, and nothing saved before may be lost.
+
+Commands that fail before TensorFlow loads run in a subprocess (``run_cli``, about a second each);
+the ones that need a model run ``kmlp.cli.main`` in this process, which already has TensorFlow
+loaded, except where a fresh process is the point (kill -9, logical devices, repeatability).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import keras
+import pytest
+from conftest import ROOT, TINY_WORDS, run_cli
+
+from kmlp import cli, runs
+from kmlp.config import Config
+from kmlp.data import MAX_NAME_LENGTH, MIN_DISTINCT_NAMES, NamesData, Vocabulary, build_dataset, load_words
+from kmlp.runs import RunError, load_run
+from kmlp.train import train
+
+TINY_MODEL = ["--block-size", "3", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8",
+              "--steps", "40", "--decay-at", "none", "--optimizer", "adam", "--lr", "0.01"]
+
+
+def assert_one_line_error(result, *needles, code=2):
+    """``result`` (a CompletedProcess, or (code, stderr) from main) failed as a user should see it."""
+    returncode, stderr = (result.returncode, result.stderr) if hasattr(result, "stderr") else result
+    assert returncode == code, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kmlp: error: "), stderr
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, stderr)
+    return lines[0]
+
+
+def main_in_process(capsys, *args):
+    """``kmlp ARGS`` in this process: (exit status, stderr)."""
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def write_bytes(tmp_path, name, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A small trained run directory (trained once for the module)."""
+    folder = tmp_path_factory.mktemp("tiny_run")
+    data = folder / "tiny.txt"
+    data.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
+    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=40, decay_at=[],
+                    optimizer="adam", lr=0.01)
+    train(config, data_path=data, out_dir=folder / "run", verbose=0, log=lambda *_: None)
+    return folder / "run"
+
+
+def copy_run(run_dir, dest):
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad data files that are refused: one line naming the file (and line), before TensorFlow loads.
+
+GOOD = "\n".join(TINY_WORDS[:10]) + "\n"
+
+REFUSED = {
+    # case: (file contents or None for "no such path", "dir" for a directory), expected words, line
+    "missing path": (None, "no such file", None),
+    "directory": ("dir", "is a directory", None),
+    "empty file": (b"", "no names", None),
+    "only blank lines": (b"\n  \n\t\n\r\n", "no names", None),
+    "invalid UTF-8": (b"emma\nzo\xe9\nava\n", "not valid UTF-8", 2),
+    "100k-character line": (b"emma\nava\n" + b"x" * 100_000 + b"\nmia\n", "is not a name", 3),
+    "tab inside a line (a TSV file)": (b"emma\t120\nava\t80\n", "control character U+0009", 1),
+    "a single name": (b"emma\n", "too few", None),
+    "fewer names than three splits need": (("\n".join(TINY_WORDS[:MIN_DISTINCT_NAMES - 1])).encode(),
+                                           "too few", None),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_bad_data_file_is_refused_with_one_line_naming_file_and_line(case, tmp_path):
+    contents, words, line = REFUSED[case]
+    path = tmp_path / "names.txt"
+    if contents == "dir":
+        path.mkdir()
+    elif contents is not None:
+        path.write_bytes(contents)
+    result = run_cli("train", "--data", path, "--out", tmp_path / "run", *TINY_MODEL)
+    message = assert_one_line_error(result, words, path if line is None else f"{path}:{line}:")
+    assert not (tmp_path / "run").exists(), message
+
+
+def test_enough_distinct_names_for_three_splits():
+    words = TINY_WORDS[:MIN_DISTINCT_NAMES]
+    data = NamesData.from_words(words, block_size=2)
+    assert all(data.words[split] for split in ("train", "dev", "test"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Odd data files that are accepted as they are (documented in the README).
+
+
+def test_bom_crlf_and_cr_line_endings_are_read_as_plain_lines(tmp_path):
+    path = write_bytes(tmp_path, "names.txt", b"\xef\xbb\xbfemma\r\nava\r\n\r\nmia\rzoe\n")
+    assert load_words(path) == ["emma", "ava", "mia", "zoe"]
+
+
+def test_case_is_kept_and_upper_case_letters_are_their_own_characters(tmp_path):
+    path = write_bytes(tmp_path, "names.txt", "Emma\nEMMA\nemma\nMcKenzie\n".encode())
+    words = load_words(path)
+    assert words == ["Emma", "EMMA", "emma", "McKenzie"]
+    vocab = Vocabulary.from_words(words)
+    assert {"E", "M", "K", "e", "m"} <= set(vocab.chars)
+
+
+def test_non_ascii_letters_are_kept_and_normalised_to_one_character(tmp_path):
+    decomposed = "Jose\u0301"  # e + combining acute accent, as some keyboards type it
+    path = write_bytes(tmp_path, "names.txt", f"Zoë\nNúñez\n{decomposed}\nJosé\n".encode())
+    words = load_words(path)
+    assert words == ["Zoë", "Núñez", "José", "José"]
+    assert {"ë", "ú", "ñ", "é"} <= set(Vocabulary.from_words(words).chars)
+    assert "\u0301" not in Vocabulary.from_words(words).chars
+
+
+def test_spaces_hyphens_apostrophes_and_digits_inside_names_are_kept(tmp_path):
+    path = write_bytes(tmp_path, "names.txt", "  mary ann  \nanne-marie\no'brien\nr2d2\n".encode())
+    assert load_words(path) == ["mary ann", "anne-marie", "o'brien", "r2d2"]
+    assert {" ", "-", "'", "2"} <= set(Vocabulary.from_words(load_words(path)).chars)
+
+
+def test_a_literal_dot_is_a_character_of_its_own_not_the_boundary_token():
+    vocab = Vocabulary.from_words(["st.john", "emma"])
+    dot = vocab.stoi["."]
+    assert dot != 0 and vocab.token(0) == "." and vocab.token(dot) == "."
+    assert vocab.decode(vocab.encode("st.john")) == "st.john"  # a boundary would have ended it
+    a, s = vocab.stoi["a"], vocab.stoi["s"]
+    X, y = build_dataset(["a.s"], vocab, block_size=2)
+    assert X.tolist() == [[0, 0], [0, a], [a, dot], [dot, s]]
+    assert y.tolist() == [a, dot, s, 0]
+
+
+def test_duplicate_names_are_kept_and_stay_in_one_split():
+    words = TINY_WORDS + ["emma"] * 5
+    data = NamesData.from_words(words, block_size=3)
+    holding = [split for split, names in data.words.items() if "emma" in names]
+    assert len(holding) == 1 and data.words[holding[0]].count("emma") == 6
+
+
+def test_line_limit_is_generous_for_real_names(tmp_path):
+    path = write_bytes(tmp_path, "names.txt", ("a" * MAX_NAME_LENGTH + "\nbob\n").encode())
+    assert len(load_words(path)[0]) == MAX_NAME_LENGTH
+
+
+def test_train_and_sample_on_a_file_with_every_accepted_oddity(tmp_path, capsys):
+    names = ["Émilie", "O'Brien", "anne-marie", "mary ann", "st.john", "r2d2", "Zoë", "Núñez",
+             "emma", "emma", "ava", "mia", "Léa", "jean-luc"]
+    path = write_bytes(tmp_path, "odd.txt", b"\xef\xbb\xbf" + "\r\n".join(names).encode() + b"\r\n")
+    code, err = main_in_process(capsys, "train", "--data", path, "--out", tmp_path / "run", *TINY_MODEL,
+                                "--quiet", "--samples", "0")
+    assert code == 0, err
+    run = load_run(tmp_path / "run")
+    assert {"É", "'", "-", " ", ".", "2", "ë", "ñ"} <= set(run.vocab.chars)
+    code, err = main_in_process(capsys, "sample", tmp_path / "run", "-n", "5", "--seed", "1")
+    assert code == 0, err
+
+
+def test_evaluating_on_a_file_with_unknown_characters_names_the_line(tiny_run, tmp_path, capsys):
+    path = write_bytes(tmp_path, "other.txt", "emma\n\nava\nzoë\n".encode())
+    result = main_in_process(capsys, "evaluate", tiny_run, "--data", path)
+    assert_one_line_error(result, f"{path}:4:", "ë")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad arguments
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--block-size", "0"), ("--n-embd", "0"), ("--n-hidden", "-3"), ("--batch-size", "0"),
+    ("--steps", "0"), ("--steps", "-5"), ("--lr", "0"), ("--lr", "-0.1"), ("--lr", "nan"),
+    ("--lr", "inf"), ("--samples", "-1"), ("--devices", "-1"),
+])
+def test_bad_training_flag_is_refused_naming_the_flag(flag, value, tiny_names_file, tmp_path):
+    result = run_cli("train", "--data", tiny_names_file, "--out", tmp_path / "run", *TINY_MODEL, flag, value)
+    assert_one_line_error(result, flag)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_preset_is_refused_with_the_choices(tiny_names_file, tmp_path):
+    result = run_cli("train", "--preset", "huge", "--data", tiny_names_file, "--out", tmp_path / "run")
+    assert_one_line_error(result, "unknown preset 'huge'", "default", "fast", "lecture")
+
+
+def test_sample_on_a_folder_without_a_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("sample", tmp_path / "empty"), tmp_path / "empty", "holds no kmlp model")
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate", "export"])
+def test_commands_on_a_folder_without_a_model(command, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    result = main_in_process(capsys, command, tmp_path / "empty")
+    assert_one_line_error(result, tmp_path / "empty", "holds no kmlp model")
+    result = main_in_process(capsys, command, tmp_path / "nowhere")
+    assert_one_line_error(result, tmp_path / "nowhere", "no such run")
+
+
+def test_model_whose_vocabulary_does_not_match_its_configuration(tiny_run, tmp_path, capsys):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    info = json.loads((run_dir / "config.json").read_text())
+    info["vocab"]["chars"] = info["vocab"]["chars"][:-2]
+    (run_dir / "config.json").write_text(json.dumps(info))
+    for command in ("sample", "evaluate", "export"):
+        assert_one_line_error(main_in_process(capsys, command, run_dir), run_dir, "disagree")
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe loading
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_model_file_gives_a_clear_error(damage, tiny_run, tmp_path, capsys):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    model_file = run_dir / "model.keras"
+    good = model_file.read_bytes()
+    model_file.write_bytes(good[: len(good) // 2] if damage == "truncated" else os.urandom(len(good)))
+    for command in ("sample", "evaluate", "export"):
+        result = main_in_process(capsys, command, run_dir)
+        assert_one_line_error(result, model_file, "corrupt or truncated")
+
+
+def test_damaged_archive_member_gives_a_clear_error(tiny_run, tmp_path, capsys):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    model_file = run_dir / "model.keras"
+    with zipfile.ZipFile(tiny_run / "model.keras") as src, zipfile.ZipFile(model_file, "w") as dst:
+        for item in src.infolist():
+            body = src.read(item)
+            dst.writestr(item, body[: len(body) // 3] if item.filename.endswith(".h5") else body)
+    assert_one_line_error(main_in_process(capsys, "sample", run_dir), model_file, "cannot be loaded")
+
+
+def test_a_model_that_would_run_code_on_loading_is_refused(tiny_run, tmp_path, capsys):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    block = load_run(tiny_run).config.block_size
+    inputs = keras.Input(shape=(block,), dtype="int32")
+    outputs = keras.layers.Lambda(lambda x: keras.ops.one_hot(x[:, -1], 27))(inputs)
+    keras.Model(inputs, outputs).save(run_dir / "model.keras")
+    message = assert_one_line_error(main_in_process(capsys, "sample", run_dir), run_dir / "model.keras")
+    assert "Lambda" in message or "safe_mode" in message, message
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: a crash while saving, divergence, kill -9 and --resume
+
+
+def test_crash_while_saving_leaves_the_previous_model_intact(tiny_run, tmp_path, monkeypatch):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    data_file = tmp_path / "tiny.txt"
+    data_file.write_text("\n".join(TINY_WORDS), encoding="utf-8")
+
+    def save_half_then_fail(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"PK\x03\x04 half of a model")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", save_half_then_fail)
+    config = load_run(run_dir).config.replace(steps=20, seed=7)
+    with pytest.raises(OSError, match="No space left"):
+        train(config, data_path=data_file, out_dir=run_dir, verbose=0, log=lambda *_: None)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert not list(tmp_path.glob(".run.partial-*"))
+    assert (tmp_path / ".run.backup").is_dir()  # the trained epochs survive for --resume
+
+    monkeypatch.undo()
+    result = train(config, data_path=data_file, out_dir=run_dir, verbose=0, log=lambda *_: None,
+                   resume=True)  # every epoch was done: nothing left to train, only the save
+    assert result.metrics["steps"] == 20 and result.metrics["resumed_at_step"] == 20
+    assert load_run(run_dir).config.seed == 7 and not (tmp_path / ".run.backup").exists()
+
+
+def test_metrics_update_is_atomic(tiny_run, tmp_path, monkeypatch):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    before = (run_dir / "metrics.json").read_bytes()
+
+    def dump_half_then_fail(obj, f, **kwargs):
+        f.write('{"train_loss": 1.')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.json, "dump", dump_half_then_fail)
+    with pytest.raises(OSError):
+        runs.update_metrics(run_dir, test_loss=2.0)
+    assert (run_dir / "metrics.json").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(p.name for p in tiny_run.iterdir())
+
+
+def test_diverging_run_stops_with_a_message_and_keeps_the_good_model(tiny_run, tmp_path, capsys):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    data_file = tmp_path / "tiny.txt"
+    data_file.write_text("\n".join(TINY_WORDS), encoding="utf-8")
+    for optimizer in ("sgd", "adam"):
+        result = main_in_process(capsys, "train", "--data", data_file, "--out", run_dir, *TINY_MODEL,
+                                 "--lr", "1000", "--optimizer", optimizer, "--quiet", "--samples", "0")
+        assert_one_line_error(result, "diverged", "--lr", f"{run_dir} is unchanged")
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_leftover_backup_needs_resume_and_the_same_configuration(tmp_path, capsys):
+    backup = runs.backup_dir(tmp_path / "run")
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    runs.write_json(backup / "run.json", {"config": {**Config().to_dict(), "lr": 0.5}})
+    data_file = tmp_path / "tiny.txt"
+    data_file.write_text("\n".join(TINY_WORDS), encoding="utf-8")
+    args = ["train", "--data", data_file, "--out", tmp_path / "run", *TINY_MODEL, "--quiet"]
+    assert_one_line_error(main_in_process(capsys, *args), backup, "--resume")
+    assert_one_line_error(main_in_process(capsys, *args, "--resume"), backup, "another run", "lr")
+    assert backup.is_dir() and not (tmp_path / "run").exists()
+
+
+def history(run_dir):
+    with open(run_dir / "history.csv", newline="") as f:
+        return [(row["epoch"], row["loss"], row["val_loss"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.integration
+def test_kill_9_then_resume_finishes_as_an_uninterrupted_run_would(names_path, tmp_path, capsys):
+    data_file = tmp_path / "names_4k.txt"  # big enough for a few seconds of training, several epochs
+    data_file.write_text("\n".join(names_path.read_text().split()[:4000]), encoding="utf-8")
+    args = ["train", "--data", data_file, "--block-size", "3", "--n-embd", "8", "--n-hidden", "64",
+            "--batch-size", "64", "--steps", "2000", "--optimizer", "adam", "--lr", "0.01",
+            "--decay-at", "1000", "--samples", "5", "--quiet"]
+    out = tmp_path / "run"
+    backup = runs.backup_dir(out)
+    proc = subprocess.Popen([sys.executable, "-m", "kmlp", *map(str, args), "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not (backup / "training_metadata.json").exists():
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert not out.exists()
+
+    assert_one_line_error(main_in_process(capsys, *args, "--out", out), backup, "--resume")
+    resumed = run_cli(*args, "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2000 and metrics["resumed_at_step"] > 0
+    assert not backup.exists() and not list(tmp_path.glob(".run.*"))
+
+    code, err = main_in_process(capsys, *args, "--out", tmp_path / "uninterrupted")
+    assert code == 0, err
+    reference = json.loads((tmp_path / "uninterrupted" / "metrics.json").read_text())
+    assert abs(metrics["dev_loss"] - reference["dev_loss"]) < 0.01
+    assert len(history(out)) == len(history(tmp_path / "uninterrupted")) == metrics["epochs"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Repeatability and the mirrored strategy
+
+
+def test_same_seed_and_configuration_give_identical_losses_and_names(tiny_names_file, tmp_path, capsys):
+    args = ["train", "--data", tiny_names_file, *TINY_MODEL, "--dropout", "0.1", "--samples", "8",
+            "--quiet"]
+    first = run_cli(*args, "--out", tmp_path / "a")  # a fresh process, and this one with its history
+    assert first.returncode == 0, first.stderr
+    capsys.readouterr()
+    assert cli.main([str(a) for a in (*args, "--out", tmp_path / "b")]) == 0
+    second = capsys.readouterr().out
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+    sampled = first.stdout.split("names sampled from the model:")[1]
+    assert sampled == second.split("names sampled from the model:")[1] and sampled.strip()
+    assert (json.loads((tmp_path / "a" / "metrics.json").read_text())["dev_loss"]
+            == json.loads((tmp_path / "b" / "metrics.json").read_text())["dev_loss"])
+
+
+@pytest.mark.integration
+def test_mirrored_strategy_on_two_logical_cpus_trains_as_well(names_path, tmp_path, capsys):
+    args = ["train", "--data", names_path, "--block-size", "3", "--n-embd", "8", "--n-hidden", "64",
+            "--batch-size", "128", "--steps", "400", "--optimizer", "adam", "--lr", "0.01",
+            "--decay-at", "none", "--samples", "0", "--quiet"]
+    mirrored = run_cli(*args, "--out", tmp_path / "mirrored", "--strategy", "mirrored", "--devices", "2")
+    assert mirrored.returncode == 0, mirrored.stderr
+    assert "2 devices" in mirrored.stdout
+    code, err = main_in_process(capsys, *args, "--out", tmp_path / "default")
+    assert code == 0, err
+    dev = {name: json.loads((tmp_path / name / "metrics.json").read_text())["dev_loss"]
+           for name in ("mirrored", "default")}
+    assert all(math.isfinite(v) and v < 2.6 for v in dev.values()), dev
+    assert abs(dev["mirrored"] - dev["default"]) < 0.05, dev
