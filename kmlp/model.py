@@ -49,12 +49,14 @@ class CharMLP(keras.Model):
 
 def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_hidden: int = 200,
                 n_layers: int = 1, dropout: float = 0.0, norm: str | None = None,
-                seed: int | None = None, name: str = "kmlp") -> keras.Model:
+                init: str = "glorot", seed: int | None = None, name: str = "kmlp") -> keras.Model:
     """The MLP as a Keras functional model (uncompiled; see :func:`compile_model`).
 
     ``n_layers`` hidden tanh layers of ``n_hidden`` units each; ``norm`` ("batch" or "layer") puts a
     normalisation before each tanh (as the lecture's batchnorm part does) and ``dropout`` a dropout
-    after it. The defaults are exactly the lecture's model.
+    after it. ``init`` is how the dense layers start: ``glorot`` (Keras's scaled uniform, zero biases)
+    or ``normal`` (every weight and bias drawn from N(0, 1) like the lecture's ``torch.randn``, which
+    saturates the tanh at first and ends worse). The other defaults are the lecture's model.
     """
     for label, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_embd", n_embd),
                          ("n_hidden", n_hidden), ("n_layers", n_layers)):
@@ -64,7 +66,19 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if norm not in (None, "none", "batch", "layer"):
         raise ValueError(f"norm must be 'batch', 'layer' or none, got {norm!r}")
-    init = (lambda i: keras.initializers.GlorotUniform(seed=None if seed is None else seed + i))
+    if init not in ("glorot", "normal"):
+        raise ValueError(f"init must be 'glorot' or 'normal', got {init!r}")
+
+    def weights(i):
+        s = None if seed is None else seed + i
+        if init == "normal":
+            return keras.initializers.RandomNormal(stddev=1.0, seed=s)
+        return keras.initializers.GlorotUniform(seed=s)
+
+    def biases(i):
+        if init == "normal":
+            return keras.initializers.RandomNormal(stddev=1.0, seed=None if seed is None else seed + 100 + i)
+        return "zeros"
 
     context = keras.Input(shape=(block_size,), dtype="int32", name="context")
     x = layers.Embedding(vocab_size, n_embd, name="embedding",
@@ -74,15 +88,17 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
     for i in range(n_layers):
         suffix = "" if n_layers == 1 else f"_{i + 1}"
         use_norm = norm in ("batch", "layer")
-        x = layers.Dense(n_hidden, use_bias=not use_norm, kernel_initializer=init(i + 1),
-                         activation=None if use_norm else "tanh", name=f"hidden{suffix}")(x)
+        x = layers.Dense(n_hidden, use_bias=not use_norm, kernel_initializer=weights(i + 1),
+                         bias_initializer=biases(i + 1), activation=None if use_norm else "tanh",
+                         name=f"hidden{suffix}")(x)
         if use_norm:
             norm_layer = layers.BatchNormalization if norm == "batch" else layers.LayerNormalization
             x = norm_layer(name=f"{norm}_norm{suffix}")(x)
             x = layers.Activation("tanh", name=f"tanh{suffix}")(x)
         if dropout:
             x = layers.Dropout(dropout, seed=seed, name=f"dropout{suffix}")(x)
-    logits = layers.Dense(vocab_size, kernel_initializer=init(0), name="logits")(x)
+    logits = layers.Dense(vocab_size, kernel_initializer=weights(0), bias_initializer=biases(0),
+                          name="logits")(x)
     return CharMLP(context, logits, name=name)
 
 

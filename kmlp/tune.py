@@ -1,0 +1,270 @@
+"""Hyperparameter search on the dev split with KerasTuner: ``kmlp tune``.
+
+    kmlp tune --max-trials 20 --max-minutes 30 --steps 4000 --out tuning/
+
+Each trial trains one configuration of the search space (:func:`declare_space`) with the same
+pieces as ``kmlp train`` (build_model, make_optimizer, plan_training, chunks of steps in one XLA
+call) and is scored by its loss on the dev split. KerasTuner's oracle picks the configurations:
+Hyperband (the default) trains many for a ninth or a third of ``--steps`` and only the most promising
+for all of them; random search trains every one for ``--steps``.
+
+The test split is never read: the data a trial sees holds the train and dev splits only.
+
+``--out`` receives, rewritten after every trial so that a search cut short still leaves them whole:
+
+    results.csv / results.md    one row per trial: parameters, params count, train / dev loss, seconds
+    best_config.json            the best configuration so far, for ``kmlp train --config FILE``
+    tuner/                      KerasTuner's own record of the trials
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import keras
+import keras_tuner
+from keras_tuner.engine.trial import TrialStatus
+from keras_tuner.src import config as tuner_settings  # DEBUG: print each failed trial's traceback
+
+from . import runs
+from .config import Config
+from .data import NamesData
+from .train import EVAL_BATCH, build_compiled_model, evaluate_loss, plan_training, rate_callbacks
+
+# With schedule "step" the rate is cut by DECAY_FACTOR at these fractions of a trial's steps.
+DECAY_FRACTIONS = (0.6, 0.85)
+DECAY_FACTOR = 0.2
+OBJECTIVE = "dev_loss"
+# Hyperband's budgets, in ninths of --steps: trials of 1/9, 3/9 and 9/9 of the steps.
+HYPERBAND_UNITS = 9
+HYPERBAND_FACTOR = 3
+# Columns of the results table after the searched parameters.
+SCORE_COLUMNS = ("steps", "trial", "params", "train_loss", "dev_loss", "seconds", "status")
+
+
+def declare_space(hp: keras_tuner.HyperParameters) -> keras_tuner.HyperParameters:
+    """The knobs of the search: the MLP's shape, its regularisation and the optimiser."""
+    hp.Choice("block_size", [3, 5, 8, 12, 16], default=8)
+    hp.Choice("n_embd", [10, 16, 24, 32, 48], default=24)
+    hp.Choice("n_hidden", [128, 256, 512, 1024], default=512)
+    hp.Int("n_layers", 1, 3, default=1)
+    hp.Choice("norm", ["none", "batch", "layer"], default="none")
+    hp.Float("dropout", 0.0, 0.3, step=0.1, default=0.0)
+    hp.Choice("batch_size", [64, 128, 256, 512], default=256)
+    hp.Float("lr", 3e-4, 1e-2, sampling="log", default=3e-3)
+    hp.Choice("schedule", ["step", "cosine"], default="step")
+    hp.Choice("weight_decay", [0.0, 0.01, 0.1], default=0.0)  # AdamW's; 0 is plain Adam
+    return hp
+
+
+def config_for(values: dict, steps: int, seed: int = 42) -> Config:
+    """The training configuration of one point of the search space, trained for ``steps`` steps."""
+    values = {name: value for name, value in values.items() if not name.startswith("tuner/")}
+    values["dropout"] = round(values["dropout"], 3)  # 0.30000000000000004 -> 0.3
+    steps = int(steps)
+    cuts = [round(steps * f) for f in DECAY_FRACTIONS] if values["schedule"] == "step" else []
+    return Config(
+        **values,
+        optimizer="adamw" if values["weight_decay"] else "adam",
+        steps=steps, decay_at=[m for m in cuts if 1 <= m < steps], decay_factor=DECAY_FACTOR, seed=seed,
+    ).validate()
+
+
+def tuning_data(path, block_size: int, seed: int) -> NamesData:
+    """The names file's train and dev splits; the test split is left out, so nothing here can read it."""
+    data = NamesData.from_file(path, block_size=block_size, seed=seed)
+    kept = ("train", "dev")
+    return replace(data, words={s: data.words[s] for s in kept}, arrays={s: data.arrays[s] for s in kept})
+
+
+class Deadline(keras.callbacks.Callback):
+    """Stop training once the clock (``time.monotonic()``) passes ``deadline``.
+
+    Checked after every Keras batch (one compiled call of many optimizer steps), so a run stops
+    within one call of the deadline; ``stopped`` tells whether it did.
+
+    >>> model.fit(train, epochs=100, callbacks=[Deadline(time.monotonic() + 600)])
+    """
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+        self.stopped = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.monotonic() >= self.deadline:
+            self.stopped = True
+            self.model.stop_training = True
+
+
+def fit_and_score(config: Config, data: NamesData, deadline: float = math.inf) -> dict:
+    """Train ``config`` on ``data``'s train split and measure it: what one trial does."""
+    keras.utils.set_random_seed(config.seed)
+    model = build_compiled_model(config, len(data.vocab))
+    plan = plan_training(config, data)
+    stop = Deadline(deadline)
+    started = time.perf_counter()
+    model.fit(data.dataset("train", config.batch_size, steps_per_call=plan.steps_per_call),
+              steps_per_epoch=plan.calls_per_epoch, epochs=plan.epochs, verbose=0, shuffle=False,
+              callbacks=[*rate_callbacks(config, plan), keras.callbacks.TerminateOnNaN(), stop])
+    seconds = time.perf_counter() - started
+    steps = int(model.optimizer.iterations)
+    dev_loss = evaluate_loss(model, data.dataset("dev", EVAL_BATCH))
+    train_loss = evaluate_loss(model, data.dataset("train", EVAL_BATCH, shuffle=False))
+    if stop.stopped:
+        status = f"stopped at the time limit after {steps:,} of {plan.steps:,} steps"
+    elif not (math.isfinite(train_loss) and math.isfinite(dev_loss)) or steps < plan.steps:
+        status = f"diverged at step {steps:,}"
+    else:
+        status = "ok"
+    return {"params": int(model.count_params()), "train_loss": train_loss, "dev_loss": dev_loss,
+            "seconds": round(seconds, 1), "status": status}
+
+
+class NamesTuner(keras_tuner.Tuner):
+    """A KerasTuner tuner whose trials train kmlp models (see :func:`fit_and_score`).
+
+    A trial trains for ``steps`` optimizer steps, or under Hyperband for its share of them
+    (``tuner/epochs`` of :data:`HYPERBAND_UNITS`), from scratch. Trials whose training diverged or
+    was cut by the time limit are reported to the oracle as failed, so they never count as the best.
+    Once ``deadline`` has passed no new trial starts.
+    """
+
+    def __init__(self, oracle, data_path, steps: int, seed: int, deadline: float, on_result=None,
+                 log=print, **kwargs):
+        super().__init__(oracle=oracle, **kwargs)
+        self.data_path, self.steps, self.seed, self.deadline = data_path, steps, seed, deadline
+        self.on_result, self.log = on_result, log
+        self._data: dict[int, NamesData] = {}
+
+    def data_for(self, block_size: int) -> NamesData:
+        if block_size not in self._data:
+            self._data[block_size] = tuning_data(self.data_path, block_size, self.seed)
+        return self._data[block_size]
+
+    def run_trial(self, trial, *args, **kwargs):
+        values = trial.hyperparameters.values
+        steps = self.steps
+        if "tuner/epochs" in values:  # Hyperband's budget for this trial
+            steps = max(1, round(self.steps * values["tuner/epochs"] / HYPERBAND_UNITS))
+        config = config_for(values, steps, self.seed)
+        result = fit_and_score(config, self.data_for(config.block_size), deadline=self.deadline)
+        if self.on_result:
+            self.on_result(trial.trial_id, values, config, result)
+        if result["status"] != "ok":
+            raise keras_tuner.errors.FailedTrialError(result["status"])
+        return {OBJECTIVE: result["dev_loss"]}
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        if trial.status == TrialStatus.INVALID:  # an error, not a bad score
+            error = (trial.message or "").strip().splitlines() or ["no message"]
+            self.log(f"trial {trial.trial_id} failed: {error[-1]}")
+        if time.monotonic() >= self.deadline:
+            # The oracle ends a search when it holds max_trials trials: that many are done now.
+            self.oracle.max_trials = len(self.oracle.trials)
+
+
+@dataclass
+class TuneResult:
+    rows: list[dict]
+    best: dict | None           # the row with the lowest dev loss among completed trials
+    best_config: Config | None
+    out_dir: Path
+
+
+def tune(data_path=None, out_dir="tuning", max_trials: int = 20, max_minutes: float = 60.0,
+         steps: int = 4000, seed: int = 42, algorithm: str = "hyperband", log=print) -> TuneResult:
+    """Search the space of :func:`declare_space` for the lowest dev loss; see the module docstring."""
+    if max_trials < 1:
+        raise ValueError(f"max_trials must be a positive integer, got {max_trials}")
+    if not (math.isfinite(max_minutes) and max_minutes > 0):
+        raise ValueError(f"max_minutes must be a positive number, got {max_minutes}")
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    deadline = time.monotonic() + 60.0 * max_minutes
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    space = declare_space(keras_tuner.HyperParameters())
+    oracle_kwargs = dict(objective=keras_tuner.Objective(OBJECTIVE, "min"), hyperparameters=space,
+                         seed=seed, max_consecutive_failed_trials=max_trials)
+    if algorithm == "hyperband":
+        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=HYPERBAND_UNITS, factor=HYPERBAND_FACTOR,
+                                                     **oracle_kwargs)
+    elif algorithm == "random":
+        oracle = keras_tuner.oracles.RandomSearchOracle(**oracle_kwargs)
+    else:
+        raise ValueError(f"algorithm must be hyperband or random, got {algorithm!r}")
+    # Every oracle stops creating trials once it holds max_trials (Hyperband takes no such argument).
+    oracle.max_trials = max_trials
+
+    rows: list[dict] = []
+    state = {"best": None}
+
+    def record(trial_id, values, config, result):
+        row = {**{name: values[name] for name in space.values}, "steps": config.steps, "trial": trial_id,
+               **result}
+        rows.append(row)
+        log(f"trial {trial_id}: dev loss {result['dev_loss']:.4f}  train loss {result['train_loss']:.4f}  "
+            f"{result['params']:,} params  {config.steps:,} steps  {result['seconds']:.0f} s  "
+            f"({result['status']})")
+        best = state["best"]
+        if result["status"] == "ok" and (best is None or result["dev_loss"] < best[0]["dev_loss"]):
+            state["best"] = (row, config)
+            runs.write_json(out_dir / "best_config.json", config.to_dict())
+        write_tables(rows, list(space.values), out_dir)
+
+    tuner = NamesTuner(oracle, data_path=data_path, steps=steps, seed=seed, deadline=deadline,
+                       on_result=record, log=log, directory=str(out_dir), project_name="tuner",
+                       overwrite=True)
+    # Failed trials are reported by the line above, not by KerasTuner's traceback (its DEBUG mode),
+    # and a new model per trial retraces the training function, which TensorFlow warns about.
+    debug, tf_level = tuner_settings.DEBUG, logging.getLogger("tensorflow").level
+    tuner_settings.DEBUG = False
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        tuner.search(verbose=0)
+    finally:
+        tuner_settings.DEBUG = debug
+        logging.getLogger("tensorflow").setLevel(tf_level)
+    best_row, best_config = state["best"] or (None, None)
+    return TuneResult(rows=rows, best=best_row, best_config=best_config, out_dir=out_dir)
+
+
+def write_tables(rows: list[dict], parameters: list[str], out_dir: Path) -> None:
+    """results.csv (every trial, in order) and results.md (the same, best dev loss first)."""
+    columns = [*parameters, *SCORE_COLUMNS]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: _cell(c, row[c]) for c in columns} for row in rows)
+    _write_text(out_dir / "results.csv", text.getvalue())
+
+    ranked = sorted(rows, key=lambda r: (r["status"] != "ok", r["dev_loss"]))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(c, row[c]) for c in columns) + " |" for row in ranked]
+    _write_text(out_dir / "results.md", "\n".join(lines) + "\n")
+
+
+def _cell(column: str, value) -> str:
+    if column.endswith("_loss"):
+        return f"{value:.4f}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename, so the file is whole or untouched."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
