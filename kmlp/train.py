@@ -127,19 +127,34 @@ def rate_callbacks(config: Config, plan: Plan) -> list[keras.callbacks.Callback]
         monitor="val_loss", factor=config.decay_factor, patience=config.plateau_patience)]
 
 
-def use_one_thread_per_op() -> None:
-    """Run each TensorFlow op on a single thread, unless threads were already configured.
+# Weights x batch size above which one optimizer step is worth splitting across cores.
+PARALLEL_WORK = 50_000_000
 
-    This model's matrices are far too small to be worth splitting across cores: on 2 cores one
-    thread per op trains the lecture's model faster and with about half the CPU time (see
-    benchmarks/bench_train.py), and the input pipeline keeps its own threads. TensorFlow accepts
-    the setting only before it starts; once it runs, the setting stays as it is.
+
+def set_op_threads(config: Config, vocab_size: int) -> None:
+    """Run each TensorFlow op on one thread for small models, on all cores for large ones, unless
+    threads were already configured.
+
+    The lecture's matrices are far too small to be worth splitting: on 2 cores one thread per op
+    trains it faster and with about half the CPU time (see benchmarks/bench_train.py), and the input
+    pipeline keeps its own threads. The ``best`` preset's steps (670k weights, batch 1024) are large
+    enough that two threads ran them 1.2 to 1.8 times as fast as one here. TensorFlow accepts the setting
+    only before it starts; once it runs, the setting stays as it is.
     """
-    if tf.config.threading.get_intra_op_parallelism_threads() == 0:
+    weights = count_weights(config, vocab_size)
+    if tf.config.threading.get_intra_op_parallelism_threads() == 0 and \
+            weights * config.batch_size < PARALLEL_WORK:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(1)
         except RuntimeError:  # TensorFlow already started
             pass
+
+
+def count_weights(config: Config, vocab_size: int) -> int:
+    """Weights of the configured model's matrices (biases and normalisation left out)."""
+    width = config.block_size * config.n_embd
+    hidden = width * config.n_hidden + (config.n_layers - 1) * config.n_hidden ** 2
+    return vocab_size * config.n_embd + hidden + config.n_hidden * vocab_size
 
 
 def train(config: Config, data_path=None, out_dir=None, preset_name: str | None = None,
@@ -158,11 +173,11 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
     minibatch over several devices.
     """
     config.validate()
-    use_one_thread_per_op()
-    keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
     if data is None:
         data = NamesData.from_file(data_path, block_size=config.block_size, seed=config.seed)
+    set_op_threads(config, len(data.vocab))
+    keras.utils.set_random_seed(config.seed)
     log(f"data: {data.path}; {data.summary()}")
     out_dir = Path(out_dir) if out_dir else default_out_dir(preset_name or "custom")
     strategy = strategy or tf.distribute.get_strategy()

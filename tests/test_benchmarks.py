@@ -68,3 +68,17 @@ def test_time_to_quality_mode_times_a_whole_fast_run(names_path, tmp_path):
 def test_bad_flag_values_are_refused(tmp_path):
     done = run_bench("--steps", 0)
     assert done.returncode == 2 and "--steps must be a positive integer" in done.stderr
+
+
+@pytest.mark.integration
+def test_presets_table_trains_evaluates_and_prints_rows(names_path, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "presets_table.py"), "--presets", "fast",
+                           "--out-root", str(tmp_path), "--data", str(names_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = done.stdout.splitlines()
+    assert rows[0].startswith("| run | params | train | dev | test |")
+    fast = next(r for r in rows if r.startswith("| `fast` preset"))
+    train, dev, test = (float(v.strip(" *")) for v in fast.split("|")[3:6])
+    assert 2.0 < train < dev < 2.17 and 2.0 < test < 2.2
+    assert "`kmlp train --preset fast`" in fast and any("1.993" in r for r in rows)

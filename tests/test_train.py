@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from kmlp.config import Config
+from kmlp.config import Config, preset
 from kmlp.data import NamesData
+from kmlp.model import build_model
 from kmlp.runs import load_run
-from kmlp.train import fit_verdict, plan_training, train
+from kmlp.train import PARALLEL_WORK, count_weights, fit_verdict, plan_training, train
 
 NOISE = ("cuda", "oneDNN", "absl", "cpu_feature_guard", "I0000", "W0000", "E0000", "Traceback",
          "UserWarning", "tensorflow")
@@ -25,6 +26,17 @@ def test_plan_puts_total_and_milestones_on_call_boundaries(tiny_names_file):
         assert 1 <= plan.steps_per_call <= 250
     lecture = plan_training(Config(), NamesData.from_words([f"w{i:05d}x" for i in range(20_000)]))
     assert lecture.steps_per_call == 250
+
+
+@pytest.mark.parametrize("name", ["lecture", "fast", "default", "best"])
+def test_weight_count_behind_the_thread_choice_matches_the_model(name):
+    config = preset(name)
+    model = build_model(27, config.block_size, config.n_embd, config.n_hidden, config.n_layers,
+                        norm=None if config.norm == "none" else config.norm)
+    matrices = sum(int(np.prod(w.shape)) for w in model.weights if len(w.shape) == 2)
+    assert count_weights(config, 27) == matrices
+    # small models run each op on one thread; the large presets use every core
+    assert (count_weights(config, 27) * config.batch_size >= PARALLEL_WORK) == (name in ("default", "best"))
 
 
 def test_fit_verdict_reads_the_gap():
