@@ -9,6 +9,8 @@ Probabilistic Language Model", as built in the "makemore, part 2" lecture, the K
               validation_data=data.dataset("dev", 4096))
 
 Names are imported on first use, so ``import kmlp`` (and ``kmlp --help``) does not load TensorFlow.
+The functions named like their modules are imported from them: ``from kmlp.train import train``,
+``from kmlp.lr_find import lr_find``, ``from kmlp.tune import tune`` (``kmlp.train`` is the module).
 """
 
 import importlib
@@ -20,9 +22,13 @@ _EXPORTS = {
     "data": ["DataError", "NamesData", "Vocabulary", "build_dataset", "load_words", "make_dataset",
              "split_words"],
     "model": ["CharMLP", "build_model", "compile_model", "make_optimizer"],
+    "callbacks": ["CosineDecay", "LRFinder", "LossCurve", "StepDecay"],
+    "lr_find": ["LRFindResult"],
     "runs": ["Run", "RunError", "load_run"],
-    "train": ["TrainingDiverged", "TrainResult", "evaluate_loss", "plan_training", "train"],
-    "sample": ["sample_names"],
+    "train": ["TrainingDiverged", "TrainResult", "build_compiled_model", "evaluate_loss", "make_strategy",
+              "plan_training"],
+    "sample": ["NameModel", "sample_names", "score_names"],
+    "export": ["export_run"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

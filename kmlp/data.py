@@ -339,7 +339,8 @@ class NamesData:
         """
         X, y = self.arrays[split]
         shuffle = split == "train" if shuffle is None else shuffle
-        return make_dataset(X, y, batch_size, shuffle=shuffle, repeat=shuffle, seed=self.seed if seed is None else seed, first_epoch=first_epoch,
+        return make_dataset(X, y, batch_size, shuffle=shuffle, repeat=shuffle,
+                            seed=self.seed if seed is None else seed, first_epoch=first_epoch,
                             steps_per_call=steps_per_call, start_step=start_step)
 
 

@@ -4,6 +4,9 @@
     DIR/config.json     {"config": {...}, "vocab": {...}, "data": "...", "preset": ...}
     DIR/metrics.json    train_loss, dev_loss, steps, seconds, params, ... (+ test_loss after evaluate)
     DIR/history.csv     one row per evaluation during training
+    DIR/loss.png        the training curve (log10 loss against step, dev loss marked)
+    DIR/embedding.png   the character embeddings in two dimensions
+    DIR/export/N/       SavedModels written by ``kmlp export`` (see kmlp.export)
 """
 
 from __future__ import annotations
