@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .callbacks import LRFinder
+from .runs import write_text
 
 CSV_FILE = "lr_find.csv"
 PLOT_FILE = "lr_find.png"
@@ -68,7 +67,7 @@ class LRFindResult:
         writer.writerow(["step", "lr", "loss", "smoothed_loss"])
         for i, (rate, loss, smooth) in enumerate(zip(self.rates, self.losses, self.smoothed)):
             writer.writerow([i, f"{rate:.6g}", f"{loss:.6g}", f"{smooth:.6g}"])
-        return _write_atomically(Path(path), buffer.getvalue())
+        return write_text(path, buffer.getvalue())
 
 
 def centred_average(rates, losses, window: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -128,12 +127,3 @@ def lr_find(model, dataset, start_lr: float = 1e-3, end_lr: float = 1.0, num_ste
                         suggested_lr=suggest_lr(finder.rates, finder.losses), floor_lr=floor_lr,
                         floor_loss=floor_loss, diverged=finder.diverged, start_lr=finder.start_lr,
                         end_lr=finder.end_lr, num_steps=finder.num_steps)
-
-
-def _write_atomically(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path

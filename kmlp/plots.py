@@ -11,11 +11,11 @@ Figures are built as ``matplotlib.figure.Figure`` objects, not through pyplot, s
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .runs import atomic_open
 
 LOSS_PLOT = "loss.png"
 EMBEDDING_PLOT = "embedding.png"
@@ -42,18 +42,10 @@ def _tidy(ax) -> None:
 
 
 def save_figure(fig, path) -> Path:
-    """Write ``fig`` as a PNG through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``fig`` as a PNG, whole or not at all (see :func:`kmlp.runs.atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    return Path(path)
 
 
 def plot_loss(path, steps, losses, dev_steps=(), dev_losses=(), rates=None, title: str | None = None

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,18 +81,38 @@ def publish(staging: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def write_json(path: Path, obj) -> None:
-    """Write JSON through a temporary file and a rename, so the file is whole or untouched."""
+@contextmanager
+def atomic_open(path, mode: str = "w"):
+    """Open a temporary file beside ``path`` for writing; once the block ends without error it is
+    renamed to ``path``, otherwise removed. So ``path`` is always whole or untouched.
+
+    >>> with atomic_open(run_dir / "notes.txt") as f:
+    ...     f.write("...")
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` whole or not at all; see :func:`atomic_open`."""
+    with atomic_open(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON whole or not at all; see :func:`atomic_open`."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
 
 
 def read_json(path: Path) -> dict:

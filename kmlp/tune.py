@@ -23,8 +23,6 @@ import csv
 import io
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -246,12 +244,12 @@ def write_tables(rows: list[dict], parameters: list[str], out_dir: Path) -> None
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows({c: _cell(c, row[c]) for c in columns} for row in rows)
-    _write_text(out_dir / "results.csv", text.getvalue())
+    runs.write_text(out_dir / "results.csv", text.getvalue())
 
     ranked = sorted(rows, key=lambda r: (r["status"] != "ok", r["dev_loss"]))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(c, row[c]) for c in columns) + " |" for row in ranked]
-    _write_text(out_dir / "results.md", "\n".join(lines) + "\n")
+    runs.write_text(out_dir / "results.md", "\n".join(lines) + "\n")
 
 
 def _cell(column: str, value) -> str:
@@ -260,11 +258,3 @@ def _cell(column: str, value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename, so the file is whole or untouched."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

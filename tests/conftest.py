@@ -41,6 +41,19 @@ def tiny_names_file(tmp_path) -> Path:
     return path
 
 
+def train_tiny_run(root: Path):
+    """Train a small model on TINY_WORDS for 60 steps into ``root/run`` and load it back."""
+    from kmlp.config import Config
+    from kmlp.runs import load_run
+    from kmlp.train import train
+
+    words = root / "tiny.txt"
+    words.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
+    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3)
+    train(config, data_path=words, out_dir=root / "run", verbose=0, log=lambda *_: None)
+    return load_run(root / "run")
+
+
 def run_cli(*args, cwd=None, timeout=600, env_extra=None) -> subprocess.CompletedProcess:
     """Run ``kmlp ARGS`` in a fresh process, as a user would; returns the completed process."""
     env = {**os.environ, **(env_extra or {})}

@@ -9,14 +9,11 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import TINY_WORDS
+from conftest import train_tiny_run
 
 from kmlp.cli import main
-from kmlp.config import Config
 from kmlp.export import ExportError, export_run, next_version
-from kmlp.runs import load_run
 from kmlp.sample import NameModel
-from kmlp.train import train
 
 CONTEXTS = ["", "e", "emm", "..e", "isabella"]
 
@@ -58,12 +55,7 @@ def fresh_python(*args, timeout=300):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    words = root / "tiny.txt"
-    words.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
-    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3)
-    train(config, data_path=words, out_dir=root / "run", verbose=0, log=lambda *_: None)
-    run = load_run(root / "run")
+    run = train_tiny_run(tmp_path_factory.mktemp("export"))
     return run, export_run(run)
 
 

@@ -28,7 +28,7 @@ from conftest import ROOT, TINY_WORDS, run_cli
 from kmlp import cli, runs
 from kmlp.config import Config
 from kmlp.data import MAX_NAME_LENGTH, MIN_DISTINCT_NAMES, NamesData, Vocabulary, build_dataset, load_words
-from kmlp.runs import RunError, load_run
+from kmlp.runs import load_run
 from kmlp.train import train
 
 TINY_MODEL = ["--block-size", "3", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8",

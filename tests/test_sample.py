@@ -5,24 +5,16 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY_WORDS, run_cli
+from conftest import run_cli, train_tiny_run
 
 from kmlp.cli import main
-from kmlp.config import Config
 from kmlp.data import build_dataset
-from kmlp.runs import load_run
 from kmlp.sample import NameModel, keep_top_k, sample_names, score_names, where_found
-from kmlp.train import train
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sample")
-    words = root / "tiny.txt"
-    words.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
-    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3)
-    train(config, data_path=words, out_dir=root / "run", verbose=0, log=lambda *_: None)
-    return load_run(root / "run")
+    return train_tiny_run(tmp_path_factory.mktemp("sample"))
 
 
 @pytest.fixture(scope="module")
