@@ -96,7 +96,9 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
             x = norm_layer(name=f"{norm}_norm{suffix}")(x)
             x = layers.Activation("tanh", name=f"tanh{suffix}")(x)
         if dropout:
-            x = layers.Dropout(dropout, seed=seed, name=f"dropout{suffix}")(x)
+            # One seed per layer: layers seeded alike would drop the same units in every layer.
+            x = layers.Dropout(dropout, seed=None if seed is None else seed + 200 + i,
+                               name=f"dropout{suffix}")(x)
     logits = layers.Dense(vocab_size, kernel_initializer=weights(0), bias_initializer=biases(0),
                           name="logits")(x)
     return CharMLP(context, logits, name=name)

@@ -174,7 +174,7 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
     config.validate()
     started = time.perf_counter()
     if data is None:
-        data = NamesData.from_file(data_path, block_size=config.block_size, seed=config.seed)
+        data = NamesData.from_file(data_path, block_size=config.block_size, seed=config.split_seed)
     set_op_threads(config, len(data.vocab))
     keras.utils.set_random_seed(config.seed)
     log(f"data: {data.path}; {data.summary()}")
@@ -198,8 +198,8 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
     start_step = start_epoch * plan.steps_per_epoch
     staging = None  # created only to save into, so a killed run leaves no partial folder behind
     try:
-        train_ds = data.dataset("train", config.batch_size, steps_per_call=plan.steps_per_call,
-                                start_step=start_step)
+        train_ds = data.dataset("train", config.batch_size, seed=config.seed,
+                                steps_per_call=plan.steps_per_call, start_step=start_step)
         dev_ds = data.dataset("dev", EVAL_BATCH)
         curve = LossCurve()  # for loss.png
         cbs = [keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True,

@@ -76,9 +76,9 @@ def config_for(values: dict, steps: int, seed: int = 42) -> Config:
     ).validate()
 
 
-def tuning_data(path, block_size: int, seed: int) -> NamesData:
+def tuning_data(path, block_size: int, split_seed: int = Config.split_seed) -> NamesData:
     """The names file's train and dev splits; the test split is left out, so nothing here can read it."""
-    data = NamesData.from_file(path, block_size=block_size, seed=seed)
+    data = NamesData.from_file(path, block_size=block_size, seed=split_seed)
     kept = ("train", "dev")
     return replace(data, words={s: data.words[s] for s in kept}, arrays={s: data.arrays[s] for s in kept})
 
@@ -110,7 +110,7 @@ def fit_and_score(config: Config, data: NamesData, deadline: float = math.inf) -
     plan = plan_training(config, data)
     stop = Deadline(deadline)
     started = time.perf_counter()
-    model.fit(data.dataset("train", config.batch_size, steps_per_call=plan.steps_per_call),
+    model.fit(data.dataset("train", config.batch_size, seed=config.seed, steps_per_call=plan.steps_per_call),
               steps_per_epoch=plan.calls_per_epoch, epochs=plan.epochs, verbose=0, shuffle=False,
               callbacks=[*rate_callbacks(config, plan), keras.callbacks.TerminateOnNaN(), stop])
     seconds = time.perf_counter() - started
@@ -145,7 +145,7 @@ class NamesTuner(keras_tuner.Tuner):
 
     def data_for(self, block_size: int) -> NamesData:
         if block_size not in self._data:
-            self._data[block_size] = tuning_data(self.data_path, block_size, self.seed)
+            self._data[block_size] = tuning_data(self.data_path, block_size)
         return self._data[block_size]
 
     def run_trial(self, trial, *args, **kwargs):

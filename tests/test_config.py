@@ -59,6 +59,15 @@ def test_a_runs_config_json_is_accepted(tmp_path):
     assert load_config_file(path) == preset("fast")
 
 
+def test_the_split_stays_put_when_the_seed_changes():
+    assert Config(seed=7).split_seed == 42
+    assert Config.from_dict({"seed": 7, "split_seed": 3}).split_seed == 3
+    # A file written before split_seed existed split its names with its seed.
+    assert Config.from_dict({"seed": 7}).split_seed == 7
+    assert (train_config("--seed", "3").seed, train_config("--seed", "3").split_seed) == (3, 42)
+    assert train_config("--split-seed", "5").split_seed == 5
+
+
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"unknown preset 'huge'; choose one of: best, default, fast, lecture"):
         preset("huge")

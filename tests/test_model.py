@@ -34,6 +34,14 @@ def test_options_add_layers_and_check_ranges():
         make_optimizer("rmsprop")
 
 
+def test_each_dropout_layer_draws_its_own_mask():
+    model = build_model(27, 3, 4, 64, n_layers=3, dropout=0.5, seed=7)
+    x = np.ones((16, 64), "float32")
+    masks = [np.asarray(model.get_layer(f"dropout_{i}")(x, training=True)) == 0 for i in (1, 2, 3)]
+    assert 0.3 < masks[0].mean() < 0.7
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+
+
 def _tiny_batch(k=None, seed=0):
     rng = np.random.default_rng(seed)
     shape = (8, 3) if k is None else (k, 8, 3)
