@@ -8,6 +8,7 @@ and writes the run directory (see :mod:`kmlp.runs`) only once everything has suc
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 import time
@@ -202,11 +203,14 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
                                 steps_per_call=plan.steps_per_call, start_step=start_step)
         dev_ds = data.dataset("dev", EVAL_BATCH)
         curve = LossCurve()  # for loss.png
-        cbs = [keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True,
-                                                delete_checkpoint=False),  # deleted once published
-               *rate_callbacks(config, plan), curve,
+        # The history row (with the rate, logged by the rate callbacks) is written before the backup
+        # records its epoch: a kill in between leaves an extra row, which a resume drops, rather
+        # than a missing one.
+        cbs = [*rate_callbacks(config, plan), curve,
                keras.callbacks.TerminateOnNaN(),
                keras.callbacks.CSVLogger(str(backup / runs.HISTORY_FILE), append=start_epoch > 0),
+               keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True,
+                                                delete_checkpoint=False),  # deleted once published
                *callbacks]
         fit_started = time.perf_counter()
         try:
@@ -289,6 +293,8 @@ def _prepare_backup(backup: Path, resume: bool, identity: dict, log) -> int:
     """
     marker = backup / "run.json"
     metadata = backup / "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
+    if backup.exists():
+        _repair_backup(backup)
     if backup.exists() and not metadata.exists():  # no epoch was completed: nothing to keep
         shutil.rmtree(backup)
     if backup.exists() and not resume:
@@ -314,6 +320,35 @@ def _prepare_backup(backup: Path, resume: bool, identity: dict, log) -> int:
         history.write_text("".join(rows[:1 + epoch]), encoding="utf-8")
     log(f"resuming from {backup}: {epoch} of {identity['plan']['epochs']} epochs done")
     return epoch
+
+
+def _backup_epoch(metadata: Path) -> int | None:
+    """The epoch a BackupAndRestore metadata file records, or None if it is missing or unreadable."""
+    try:
+        return int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _repair_backup(backup: Path) -> None:
+    """Undo a save that a kill cut short.
+
+    BackupAndRestore (with ``double_checkpoint``) copies the weights and metadata to ``*.bkp``, then
+    writes new weights, then new metadata. Killed while writing the metadata, it leaves new weights
+    beside an empty metadata file: the previous pair is put back (a kill during the weights is
+    already handled by Keras, which falls back to the ``*.bkp`` weights). With no previous pair, the
+    first epoch never finished saving, and the metadata goes, so the run starts over.
+    """
+    metadata = backup / "training_metadata.json"
+    weights = backup / "latest.weights.h5"
+    if not metadata.exists() or _backup_epoch(metadata) is not None:
+        return
+    previous_metadata, previous_weights = (Path(f"{p}.bkp") for p in (metadata, weights))
+    if _backup_epoch(previous_metadata) is not None and previous_weights.exists():
+        shutil.copyfile(previous_weights, weights)
+        shutil.copyfile(previous_metadata, metadata)
+    else:
+        metadata.unlink()
 
 
 @dataclass

@@ -11,7 +11,7 @@ from kmlp.config import Config, preset
 from kmlp.data import NamesData
 from kmlp.model import build_model
 from kmlp.runs import load_run
-from kmlp.train import PARALLEL_WORK, count_weights, fit_verdict, plan_training, train
+from kmlp.train import PARALLEL_WORK, _repair_backup, count_weights, fit_verdict, plan_training, train
 
 NOISE = ("cuda", "oneDNN", "absl", "cpu_feature_guard", "I0000", "W0000", "E0000", "Traceback",
          "UserWarning", "tensorflow")
@@ -95,3 +95,34 @@ def test_cli_train_sample_evaluate_end_to_end(names_path, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 1.5 < metrics["test_loss"] < 2.6
     assert f"{metrics['test_loss']:.4f}" in evaluated.stdout
+
+
+def _backup(tmp_path, metadata: str, previous: str | None):
+    backup = tmp_path / ".run.backup"
+    backup.mkdir()
+    (backup / "latest.weights.h5").write_bytes(b"new")
+    (backup / "training_metadata.json").write_text(metadata)
+    if previous is not None:
+        (backup / "latest.weights.h5.bkp").write_bytes(b"old")
+        (backup / "training_metadata.json.bkp").write_text(previous)
+    return backup
+
+
+def test_a_save_killed_while_writing_metadata_falls_back_to_the_previous_epoch(tmp_path):
+    backup = _backup(tmp_path, metadata="", previous='{"epoch": 3, "batch": -1}')
+    _repair_backup(backup)
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 3
+    assert (backup / "latest.weights.h5").read_bytes() == b"old"  # weights and epoch agree
+
+
+def test_a_first_save_killed_while_writing_metadata_starts_over(tmp_path):
+    backup = _backup(tmp_path, metadata='{"epo', previous=None)
+    _repair_backup(backup)
+    assert not (backup / "training_metadata.json").exists()  # as if no epoch had finished
+
+
+def test_a_complete_backup_is_left_as_it_is(tmp_path):
+    backup = _backup(tmp_path, metadata='{"epoch": 4, "batch": -1}', previous='{"epoch": 3, "batch": -1}')
+    _repair_backup(backup)
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 4
+    assert (backup / "latest.weights.h5").read_bytes() == b"new"
