@@ -103,7 +103,7 @@ def cmd_train(args) -> int:
     if args.devices < 0:
         raise UsageError(f"--devices must be 0 (as the machine has them) or more, got {args.devices}")
     # Flags and data are checked before TensorFlow loads, so mistakes are reported at once.
-    data = NamesData.from_file(args.data, block_size=config.block_size, seed=config.split_seed)
+    data = NamesData.for_config(args.data, config)
 
     from .sample import sample_names
     from .train import make_strategy, train
@@ -149,8 +149,7 @@ def cmd_evaluate(args) -> int:
     from .train import EVAL_BATCH, evaluate_loss
 
     run = load_run(args.run_dir)
-    data = NamesData.from_file(args.data or run.info.get("data"), block_size=run.config.block_size,
-                               seed=run.config.split_seed, vocab=run.vocab)
+    data = NamesData.for_config(args.data or run.info.get("data"), run.config, vocab=run.vocab)
     loss = evaluate_loss(run.model, data.dataset(args.split, EVAL_BATCH, shuffle=False))
     update_metrics(run.path, **{f"{args.split}_loss": loss})
     print(f"{args.split} loss {loss:.4f} ({data.num_examples(args.split):,} examples, "
@@ -228,8 +227,7 @@ def _run_splits(run, data_path):
     if not path:
         return None, f"{run.path / 'config.json'} names no data file; pass --data PATH"
     try:
-        data = NamesData.from_file(path, block_size=run.config.block_size, seed=run.config.split_seed,
-                                   vocab=run.vocab)
+        data = NamesData.for_config(path, run.config, vocab=run.vocab)
     except DataError as e:
         if data_path:  # asked for explicitly: an error, not a note
             raise
@@ -397,7 +395,7 @@ def cmd_lr_find(args) -> int:
         raise UsageError(f"--end-lr ({args.end_lr:g}) must be above --start-lr ({args.start_lr:g})")
     if args.num_steps < 2:
         raise UsageError(f"--num-steps must be at least 2, got {args.num_steps}")
-    data = NamesData.from_file(args.data, block_size=config.block_size, seed=config.split_seed)
+    data = NamesData.for_config(args.data, config)
 
     import keras
 

@@ -316,6 +316,12 @@ class NamesData:
         words = [w for _, w in numbered]
         return cls.from_words(words, block_size=block_size, seed=seed, vocab=vocab, path=path)
 
+    @classmethod
+    def for_config(cls, path, config, vocab: Vocabulary | None = None) -> "NamesData":
+        """The names file as a run with ``config`` (a :class:`kmlp.config.Config`) sees it: its
+        context length and its split (``split_seed``, not ``seed``)."""
+        return cls.from_file(path, block_size=config.block_size, seed=config.split_seed, vocab=vocab)
+
     def summary(self) -> str:
         parts = [f"{name} {len(self.words[name]):,} names / {len(self.arrays[name][1]):,} examples"
                  for name in SPLITS]

@@ -175,7 +175,7 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
     config.validate()
     started = time.perf_counter()
     if data is None:
-        data = NamesData.from_file(data_path, block_size=config.block_size, seed=config.split_seed)
+        data = NamesData.for_config(data_path, config)
     set_op_threads(config, len(data.vocab))
     keras.utils.set_random_seed(config.seed)
     log(f"data: {data.path}; {data.summary()}")

@@ -143,7 +143,7 @@ def test_cli_lr_find_refuses_a_backwards_range(tiny_names_file, tmp_path):
 @pytest.mark.integration
 def test_suggested_rate_for_the_lecture_model_is_near_the_lectures(names_path):
     config = preset("lecture")
-    data = NamesData.from_file(names_path, block_size=config.block_size, seed=config.split_seed)
+    data = NamesData.for_config(names_path, config)
     keras.utils.set_random_seed(config.seed)
     model = build_compiled_model(config, len(data.vocab))
     result = lr_find(model, data.dataset("train", config.batch_size), num_steps=500)

@@ -29,7 +29,7 @@ from kmlp import cli, runs
 from kmlp.config import Config
 from kmlp.data import MAX_NAME_LENGTH, MIN_DISTINCT_NAMES, NamesData, Vocabulary, build_dataset, load_words
 from kmlp.runs import load_run
-from kmlp.train import train
+from kmlp.train import _backup_epoch, train
 
 TINY_MODEL = ["--block-size", "3", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8",
               "--steps", "40", "--decay-at", "none", "--optimizer", "adam", "--lr", "0.01"]
@@ -348,13 +348,6 @@ def history(run_dir):
 
 
 @pytest.mark.integration
-def _saved_epoch(metadata):
-    try:
-        return json.loads(metadata.read_text())["epoch"] >= 1
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 def test_kill_9_then_resume_finishes_as_an_uninterrupted_run_would(names_path, tmp_path, capsys):
     data_file = tmp_path / "names_4k.txt"  # big enough for a few seconds of training, several epochs
     data_file.write_text("\n".join(names_path.read_text().split()[:4000]), encoding="utf-8")
@@ -367,7 +360,7 @@ def test_kill_9_then_resume_finishes_as_an_uninterrupted_run_would(names_path, t
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # Killed once the first epoch is saved: from then on a kill (even mid-save) loses nothing.
-        while proc.poll() is None and not _saved_epoch(backup / "training_metadata.json"):
+        while proc.poll() is None and not _backup_epoch(backup / "training_metadata.json"):
             time.sleep(0.02)
     finally:
         proc.send_signal(signal.SIGKILL)
