@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -48,17 +49,19 @@ class LRFindResult:
                 "steps_run": len(self.rates), "num_steps": self.num_steps,
                 "start_lr": self.start_lr, "end_lr": self.end_lr}
 
+    @cached_property
+    def _centres(self) -> np.ndarray:
+        return centred_average(self.rates, self.losses)[0]
+
     @property
     def floor_at_end(self) -> bool:
         """The loss was still falling at the last rates tried: a larger end_lr would show more."""
-        centres, _ = centred_average(self.rates, self.losses)
-        return bool(not self.diverged and self.floor_lr >= centres[-1])
+        return bool(not self.diverged and self.floor_lr >= self._centres[-1])
 
     @property
     def floor_at_start(self) -> bool:
         """The loss was lowest at the first rates tried: a smaller start_lr would show more."""
-        centres, _ = centred_average(self.rates, self.losses)
-        return bool(self.floor_lr <= centres[0])
+        return bool(self.floor_lr <= self._centres[0])
 
     def write_csv(self, path) -> Path:
         """step, lr, loss, smoothed_loss: one row per step; written whole or not at all."""

@@ -10,6 +10,9 @@ for all of them; random search trains every one for ``--steps``.
 
 The test split is never read: the data a trial sees holds the train and dev splits only.
 
+TensorFlow's thread count is fixed for the whole process, so the search keeps its default (all
+cores), which suits the larger models of the space; ``kmlp train`` picks one thread for small models.
+
 ``--out`` receives, rewritten after every trial so that a search cut short still leaves them whole:
 
     results.csv / results.md    one row per trial: parameters, params count, train / dev loss, seconds
