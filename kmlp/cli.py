@@ -46,6 +46,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-hidden", type=int, help="units in each hidden tanh layer (lecture: 200)")
     g.add_argument("--n-layers", type=int, help="number of hidden tanh layers (lecture: 1)")
     g.add_argument("--dropout", type=float, help="dropout rate after each hidden layer (default 0)")
+    g.add_argument("--rdrop", type=float, metavar="WEIGHT",
+                   help="R-Drop: run each minibatch twice with different dropout masks and add WEIGHT "
+                        "times the symmetric KL divergence between the two predictions to the loss; "
+                        "about twice the time per step (default 0: off)")
     g.add_argument("--norm", choices=["none", "batch", "layer"], help="normalisation before each tanh")
     g.add_argument("--init", choices=["glorot", "normal"],
                    help="initial dense weights: glorot (default) or normal, N(0, 1) as in the lecture")

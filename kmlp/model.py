@@ -11,6 +11,8 @@ At the lecture's size (vocab 27, block_size 3, n_embd 10, n_hidden 200) this is 
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 from keras import layers
@@ -25,16 +27,52 @@ class CharMLP(keras.Model):
     one call runs K optimizer steps in a loop inside the compiled graph. With ``jit_compile=True`` the
     whole loop becomes one XLA computation, which removes the per-step overhead (host round trip,
     input pipeline, executor) that dominates the cost of a model this small.
+
+    ``rdrop`` > 0 trains with R-Drop (Liang et al. 2021, "R-Drop: Regularized Dropout for Neural
+    Networks"): every minibatch goes through the model twice, with different dropout masks, and the
+    loss gains ``rdrop`` times the symmetric KL divergence between the two predictions, which pulls
+    the network towards predictions that do not depend on which units were dropped. A step then costs
+    about twice as much; the training loss Keras logs includes the added term.
     """
+
+    def __init__(self, *args, rdrop: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rdrop = float(rdrop)
+
+    def get_config(self):
+        return {**super().get_config(), "rdrop": self.rdrop}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        rdrop = config.pop("rdrop", 0.0)
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.rdrop = float(rdrop)
+        return model
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        if training and self.rdrop:
+            # The batch was doubled (see _twice): rows i and B + i are one example under two masks.
+            log_p, log_q = tf.split(tf.nn.log_softmax(y_pred), 2, axis=0)
+            kl_both_ways = tf.reduce_sum((tf.exp(log_p) - tf.exp(log_q)) * (log_p - log_q), axis=-1)
+            loss = loss + self.rdrop * 0.5 * tf.reduce_mean(kl_both_ways)
+        return loss
+
+    def _twice(self, *tensors):
+        """Each tensor (or None) stacked on itself along the batch axis, when training with R-Drop."""
+        if not self.rdrop:
+            return tensors
+        return tuple(None if t is None else tf.concat([t, t], axis=0) for t in tensors)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if x.shape.rank != 3 or sample_weight is not None:
-            return super().train_step(data)
+            return super().train_step(self._twice(x, y, sample_weight))
         steps = tf.shape(x)[0]
 
         def one_step(i, total):
-            xb, yb = x[i], y[i]
+            xb, yb = self._twice(x[i], y[i])
             with tf.GradientTape() as tape:
                 y_pred = self(xb, training=True)
                 loss = self._compute_loss(x=xb, y=yb, y_pred=y_pred, training=True)
@@ -49,14 +87,16 @@ class CharMLP(keras.Model):
 
 def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_hidden: int = 200,
                 n_layers: int = 1, dropout: float = 0.0, norm: str | None = None,
-                init: str = "glorot", seed: int | None = None, name: str = "kmlp") -> keras.Model:
+                init: str = "glorot", seed: int | None = None, rdrop: float = 0.0,
+                name: str = "kmlp") -> keras.Model:
     """The MLP as a Keras functional model (uncompiled; see :func:`compile_model`).
 
     ``n_layers`` hidden tanh layers of ``n_hidden`` units each; ``norm`` ("batch" or "layer") puts a
     normalisation before each tanh (as the lecture's batchnorm part does) and ``dropout`` a dropout
     after it. ``init`` is how the dense layers start: ``glorot`` (Keras's scaled uniform, zero biases)
     or ``normal`` (every weight and bias drawn from N(0, 1) like the lecture's ``torch.randn``, which
-    saturates the tanh at first and ends worse). The other defaults are the lecture's model.
+    saturates the tanh at first and ends worse). ``rdrop`` is the weight of R-Drop's consistency term
+    (see :class:`CharMLP`; it needs dropout). The other defaults are the lecture's model.
     """
     for label, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_embd", n_embd),
                          ("n_hidden", n_hidden), ("n_layers", n_layers)):
@@ -68,6 +108,10 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
         raise ValueError(f"norm must be 'batch', 'layer' or none, got {norm!r}")
     if init not in ("glorot", "normal"):
         raise ValueError(f"init must be 'glorot' or 'normal', got {init!r}")
+    if not (math.isfinite(rdrop) and rdrop >= 0):
+        raise ValueError(f"rdrop must be >= 0, got {rdrop!r}")
+    if rdrop and not dropout:
+        raise ValueError("rdrop needs dropout: without it the two passes make the same prediction")
 
     def weights(i):
         s = None if seed is None else seed + i
@@ -101,7 +145,7 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
                                name=f"dropout{suffix}")(x)
     logits = layers.Dense(vocab_size, kernel_initializer=weights(0), bias_initializer=biases(0),
                           name="logits")(x)
-    return CharMLP(context, logits, name=name)
+    return CharMLP(context, logits, name=name, rdrop=rdrop)
 
 
 def make_optimizer(name: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,

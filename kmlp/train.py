@@ -108,7 +108,7 @@ def build_compiled_model(config: Config, vocab_size: int) -> keras.Model:
     model = build_model(vocab_size=vocab_size, block_size=config.block_size, n_embd=config.n_embd,
                         n_hidden=config.n_hidden, n_layers=config.n_layers, dropout=config.dropout,
                         norm=None if config.norm == "none" else config.norm, init=config.init,
-                        seed=config.seed)
+                        seed=config.seed, rdrop=config.rdrop)
     optimizer = make_optimizer(config.optimizer, config.lr, weight_decay=config.weight_decay)
     return compile_model(model, optimizer, jit_compile=config.jit_compile)
 
@@ -142,8 +142,8 @@ def set_op_threads(config: Config, vocab_size: int) -> None:
     only before it starts; once it runs, the setting stays as it is.
     """
     weights = count_weights(config, vocab_size)
-    if tf.config.threading.get_intra_op_parallelism_threads() == 0 and \
-            weights * config.batch_size < PARALLEL_WORK:
+    rows = config.batch_size * (2 if config.rdrop else 1)  # R-Drop runs each minibatch twice
+    if tf.config.threading.get_intra_op_parallelism_threads() == 0 and weights * rows < PARALLEL_WORK:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(1)
         except RuntimeError:  # TensorFlow already started

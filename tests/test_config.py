@@ -90,6 +90,10 @@ def test_out_of_range_value_names_the_flag():
         preset("default").replace(init="he").validate()
     with pytest.raises(ConfigError, match="--dropout must be in"):
         train_config("--dropout", "1.5")
+    with pytest.raises(ConfigError, match="--rdrop must be >= 0"):
+        train_config("--rdrop", "-1")
+    with pytest.raises(ConfigError, match="--rdrop needs --dropout above 0"):
+        train_config("--preset", "fast", "--rdrop", "1")
 
 
 def test_cli_unknown_preset_is_one_line_and_exit_2(tmp_path):

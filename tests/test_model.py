@@ -68,3 +68,41 @@ def test_saved_model_reloads_to_identical_predictions(tmp_path):
     again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     assert isinstance(again, CharMLP)
     np.testing.assert_array_equal(model.predict(x, verbose=0), again.predict(x, verbose=0))
+
+
+def test_rdrop_adds_the_symmetric_kl_between_the_two_passes():
+    model = compile_model(build_model(27, 3, 4, 16, dropout=0.5, rdrop=2.0, seed=0), "adam")
+    rng = np.random.default_rng(0)
+    y = np.tile(rng.integers(0, 27, 5), 2).astype(np.int32)  # the doubled batch: rows i and 5 + i alike
+    logits = rng.normal(size=(10, 27)).astype(np.float32)
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    cross_entropy = -log_p[np.arange(10), y].mean()
+    p, q = np.exp(log_p[:5]), np.exp(log_p[5:])
+    kl_both_ways = (p * np.log(p / q)).sum(-1) + (q * np.log(q / p)).sum(-1)
+    loss = float(model.compute_loss(y=y, y_pred=logits, training=True))
+    np.testing.assert_allclose(loss, cross_entropy + 2.0 * 0.5 * kl_both_ways.mean(), rtol=1e-5)
+    # Evaluation is plain cross-entropy, and so is training on two identical passes.
+    np.testing.assert_allclose(float(model.compute_loss(y=y, y_pred=logits, training=False)),
+                               cross_entropy, rtol=1e-5)
+    same = np.concatenate([logits[:5], logits[:5]])
+    np.testing.assert_allclose(float(model.compute_loss(y=y, y_pred=same, training=True)),
+                               float(model.compute_loss(y=y, y_pred=same, training=False)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_rdrop_trains_on_twice_the_batch_and_survives_save_and_load(tmp_path, chunked):
+    model = compile_model(build_model(27, 3, 4, 16, dropout=0.3, rdrop=1.0, seed=0), "adam", lr=1e-2,
+                          jit_compile=chunked)
+    x, y = _tiny_batch(k=3 if chunked else None)
+    rows = []
+    compute_loss = model.compute_loss
+    model.compute_loss = lambda x, y, y_pred, *a, **kw: (rows.append(y_pred.shape[0]),
+                                                        compute_loss(x, y, y_pred, *a, **kw))[1]
+    model.train_on_batch(x, y)
+    assert rows == [16] * len(rows) and rows  # the 8 examples of each step, twice
+    del model.compute_loss
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(again, CharMLP) and again.rdrop == 1.0
+    with pytest.raises(ValueError, match="rdrop needs dropout"):
+        build_model(27, 3, 4, 16, rdrop=1.0)
