@@ -292,10 +292,8 @@ def _prepare_backup(backup: Path, resume: bool, identity: dict, log) -> int:
     never silently discarded, since it may hold hours of training.
     """
     marker = backup / "run.json"
-    metadata = backup / "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
-    if backup.exists():
-        _repair_backup(backup)
-    if backup.exists() and not metadata.exists():  # no epoch was completed: nothing to keep
+    epoch = _repair_backup(backup) if backup.exists() else None
+    if backup.exists() and epoch is None:  # no epoch was completed: nothing to keep
         shutil.rmtree(backup)
     if backup.exists() and not resume:
         raise runs.RunError(f"{backup}: an interrupted training of this run is kept there; pass --resume "
@@ -313,7 +311,6 @@ def _prepare_backup(backup: Path, resume: bool, identity: dict, log) -> int:
         what = f"options {', '.join(differ)} differ" if differ else "the data or the plan differ"
         raise runs.RunError(f"{backup}: the interrupted training there is another run ({what}); run "
                             f"the same command as before with --resume, or delete the folder")
-    epoch = int(runs.read_json(metadata)["epoch"])
     history = backup / runs.HISTORY_FILE
     if history.exists():  # keep the header and the rows of the epochs the backup holds
         rows = history.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -330,8 +327,8 @@ def _backup_epoch(metadata: Path) -> int | None:
         return None
 
 
-def _repair_backup(backup: Path) -> None:
-    """Undo a save that a kill cut short.
+def _repair_backup(backup: Path) -> int | None:
+    """Undo a save that a kill cut short; returns the epoch the backup then holds (None: no epoch).
 
     BackupAndRestore (with ``double_checkpoint``) copies the weights and metadata to ``*.bkp``, then
     writes new weights, then new metadata. Killed while writing the metadata, it leaves new weights
@@ -341,14 +338,17 @@ def _repair_backup(backup: Path) -> None:
     """
     metadata = backup / "training_metadata.json"
     weights = backup / "latest.weights.h5"
-    if not metadata.exists() or _backup_epoch(metadata) is not None:
-        return
+    epoch = _backup_epoch(metadata)
+    if epoch is not None or not metadata.exists():
+        return epoch
     previous_metadata, previous_weights = (Path(f"{p}.bkp") for p in (metadata, weights))
-    if _backup_epoch(previous_metadata) is not None and previous_weights.exists():
+    previous_epoch = _backup_epoch(previous_metadata)
+    if previous_epoch is not None and previous_weights.exists():
         shutil.copyfile(previous_weights, weights)
         shutil.copyfile(previous_metadata, metadata)
-    else:
-        metadata.unlink()
+        return previous_epoch
+    metadata.unlink()
+    return None
 
 
 @dataclass

@@ -110,19 +110,19 @@ def _backup(tmp_path, metadata: str, previous: str | None):
 
 def test_a_save_killed_while_writing_metadata_falls_back_to_the_previous_epoch(tmp_path):
     backup = _backup(tmp_path, metadata="", previous='{"epoch": 3, "batch": -1}')
-    _repair_backup(backup)
+    assert _repair_backup(backup) == 3
     assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 3
     assert (backup / "latest.weights.h5").read_bytes() == b"old"  # weights and epoch agree
 
 
 def test_a_first_save_killed_while_writing_metadata_starts_over(tmp_path):
     backup = _backup(tmp_path, metadata='{"epo', previous=None)
-    _repair_backup(backup)
+    assert _repair_backup(backup) is None
     assert not (backup / "training_metadata.json").exists()  # as if no epoch had finished
 
 
 def test_a_complete_backup_is_left_as_it_is(tmp_path):
     backup = _backup(tmp_path, metadata='{"epoch": 4, "batch": -1}', previous='{"epoch": 3, "batch": -1}')
-    _repair_backup(backup)
+    assert _repair_backup(backup) == 4
     assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 4
     assert (backup / "latest.weights.h5").read_bytes() == b"new"
