@@ -12,6 +12,16 @@ class ConfigError(ValueError):
     """A configuration value is out of range; the message names the option."""
 
 
+MAX_SEED = 2**32 - 1  # what numpy's and Python's generators (seeded by keras.utils.set_random_seed) take
+
+
+def check_seed(value, flag: str = "--seed") -> int:
+    """``value`` if it is a valid seed (an integer from 0 to :data:`MAX_SEED`), else :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{flag} must be an integer from 0 to {MAX_SEED}, got {value!r}")
+    return value
+
+
 @dataclass
 class Config:
     """Everything that defines a training run. The defaults are the lecture's model and recipe."""
