@@ -8,12 +8,14 @@
     kmlp tune --max-minutes 30 --out DIR      hyperparameter search on the dev split (KerasTuner)
     kmlp lr-find --preset lecture --json      learning-rate range test and a suggested rate
 
-Every error in the input (files, flags, saved models) ends in a one-line message and exit status 2.
+Every error in the input (files, flags, saved models, output folders) ends in a one-line message,
+``kmlp: error: ...``, and exit status 2; flags and files are checked before TensorFlow loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ._quiet import silence_tensorflow
@@ -21,6 +23,18 @@ from ._quiet import silence_tensorflow
 
 class UsageError(ValueError):
     """A flag's value is wrong."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes raised as :class:`UsageError` (one line, from :func:`main`) instead
+    of a usage block and exit; subcommand parsers are made of the same class."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, docker stop, a scheduler), handled like Ctrl-C."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,7 +73,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, help="passes over the train split, instead of --steps")
     g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer (lecture: sgd)")
     g.add_argument("--lr", type=float, help="initial learning rate (lecture: 0.1)")
-    g.add_argument("--weight-decay", type=float, help="decoupled weight decay (adamw, sgd)")
+    g.add_argument("--weight-decay", type=float,
+                   help="decoupled weight decay, applied by every optimizer (adam with it is adamw; "
+                        "0 for none)")
     g.add_argument("--decay-at", metavar="STEPS", type=_step_list,
                    help="comma-separated steps at which the rate is multiplied by --decay-factor "
                         "(lecture: 100000); 'none' for a constant rate")
@@ -85,12 +101,12 @@ def _step_list(text: str) -> list[int]:
 
 
 def config_from_args(args):
-    """Config = preset, then --config FILE, then every flag given on the command line."""
+    """Config = preset, then the options --config FILE sets, then every flag given on the command line."""
     from .config import Config, load_config_file, preset
 
     config = preset(args.preset or "default")
     if args.config:
-        config = config.replace(**load_config_file(args.config).to_dict())
+        config = load_config_file(args.config, base=config)
     names = [f for f in Config.__dataclass_fields__ if getattr(args, f, None) is not None]
     config = config.replace(**{f: getattr(args, f) for f in names})
     if args.epochs is not None:
@@ -100,20 +116,22 @@ def config_from_args(args):
 
 def cmd_train(args) -> int:
     from .data import NamesData
+    from .runs import check_out_dir, default_run_dir
 
     config = config_from_args(args)
     if args.samples < 0:
         raise UsageError(f"--samples must be 0 or more, got {args.samples}")
     if args.devices < 0:
         raise UsageError(f"--devices must be 0 (as the machine has them) or more, got {args.devices}")
-    # Flags and data are checked before TensorFlow loads, so mistakes are reported at once.
+    # Flags, output folder and data are checked before TensorFlow loads, so mistakes show at once.
+    out = check_out_dir(args.out or default_run_dir(args.preset or "default"))
     data = NamesData.for_config(args.data, config)
 
     from .sample import sample_names
     from .train import make_strategy, train
 
     strategy = make_strategy(args.strategy, devices=args.devices)
-    result = train(config, data=data, out_dir=args.out, preset_name=args.preset or "default",
+    result = train(config, data=data, out_dir=out, preset_name=args.preset or "default",
                    verbose=0 if args.quiet else 2, resume=args.resume, strategy=strategy)
     if args.samples:
         print(f"\n{args.samples} names sampled from the model:")
@@ -127,7 +145,8 @@ def add_train_parser(sub) -> None:
                        description="Train the MLP with model.fit on the train split, validating on dev; "
                                    "save the model, configuration, history and metrics to --out.")
     add_model_flags(p)
-    p.add_argument("--out", metavar="DIR", help="run directory to write (default: saved_models/<preset>)")
+    p.add_argument("--out", metavar="DIR", help="run directory to write (default: saved_models/<preset>); "
+                   "new, empty, or an earlier run, which is replaced (its exports are kept)")
     p.add_argument("--samples", type=int, default=10, help="names to sample and print at the end (default 10)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     g = p.add_argument_group("faults and devices")
@@ -148,21 +167,62 @@ def add_train_parser(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .data import NamesData
-    from .runs import load_run, update_metrics
-    from .train import EVAL_BATCH, evaluate_loss
+    import math
+
+    from .data import NamesData, file_sha256
+    from .runs import RunError, RunLock, add_evaluation, load_run, update_metrics
 
     run = load_run(args.run_dir)
-    data = NamesData.for_config(args.data or run.info.get("data"), run.config, vocab=run.vocab)
-    loss = evaluate_loss(run.model, data.dataset(args.split, EVAL_BATCH, shuffle=False))
-    update_metrics(run.path, **{f"{args.split}_loss": loss})
-    print(f"{args.split} loss {loss:.4f} ({data.num_examples(args.split):,} examples, "
-          f"{len(data.words[args.split]):,} names); recorded in {run.path / 'metrics.json'}")
+    with RunLock(run.path):  # checks the run can be written before the work
+        path = _data_file(run, args.data)
+        data = NamesData.for_config(path, run.config, vocab=run.vocab)
+        from .train import EVAL_BATCH, evaluate_loss
+
+        loss = evaluate_loss(run.model, data.dataset(args.split, EVAL_BATCH, shuffle=False))
+        figures = {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2)}
+        digest = file_sha256(path)
+        own = digest == run.info.get("data_sha256") if run.info.get("data_sha256") else \
+            path.resolve() == (run.data_path or path).resolve()  # runs from before the hash was kept
+        print(f"{args.split} loss {loss:.4f}, perplexity {figures['perplexity']:.3f}, "
+              f"{figures['bits_per_char']:.4f} bits per character ({data.num_examples(args.split):,} "
+              f"examples, {len(data.words[args.split]):,} names" + ("" if own else f" of {path}") + ")")
+        try:
+            if own:
+                update_metrics(run.path, **{f"{args.split}_{k}": v for k, v in figures.items()})
+                where = run.path / "metrics.json"
+            else:  # another file's split: recorded apart, never over the run's own figures
+                add_evaluation(run.path, {"data": str(path.resolve()), "data_sha256": digest,
+                                          "split": args.split, **figures,
+                                          "examples": data.num_examples(args.split)})
+                where = run.path / "evaluations.json"
+        except OSError as e:
+            raise RunError(f"{e.filename or run.path}: cannot be written ({e.strerror or e}); the "
+                           f"figures above were not recorded") from None
+    print(f"recorded in {where}")
     return 0
 
 
+def _data_file(run, data_flag):
+    """The names file to read for ``run``: ``--data`` if given, else the file it was trained on."""
+    from pathlib import Path
+
+    from .runs import RunError
+
+    if data_flag:
+        return Path(data_flag)
+    if run.data_path is None:
+        raise RunError(f"{run.path / 'config.json'} names no data file; pass --data PATH")
+    if not run.data_path.exists():
+        raise RunError(f"{run.path}: trained on {run.data_path}, which is missing; pass --data PATH")
+    return run.data_path
+
+
 def add_evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="loss of a saved model on a split (test: only at the very end)")
+    p = sub.add_parser("evaluate", help="loss of a saved model on a split (test: only at the very end)",
+                       description="Loss (mean cross-entropy per character, the end of a name counted as "
+                                   "one), perplexity and bits per character on one split, recorded in "
+                                   "metrics.json; on another names file (--data), in evaluations.json "
+                                   "with the file and its SHA-256.")
     p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
     p.add_argument("--split", choices=["train", "dev", "test"], default="dev", help="which split (default dev)")
     p.add_argument("--data", metavar="PATH", help="names file (default: the one the model was trained on)")
@@ -339,13 +399,13 @@ def add_export_parser(sub) -> None:
 
 
 def cmd_tune(args) -> int:
-    from .tune import tune
+    from .config import check_search
+    from .runs import check_out_dir
 
-    for flag, value in (("--max-trials", args.max_trials), ("--steps", args.steps)):
-        if value < 1:
-            raise UsageError(f"{flag} must be a positive integer, got {value}")
-    if not args.max_minutes > 0:
-        raise UsageError(f"--max-minutes must be a positive number, got {args.max_minutes}")
+    check_search(args.max_trials, args.max_minutes, args.steps, args.seed, args.algorithm)
+    from .tune import OUT_ENTRIES, tune
+
+    check_out_dir(args.out, own_entries=OUT_ENTRIES, is_own=lambda path: True, what="search results")
     result = tune(data_path=args.data, out_dir=args.out, max_trials=args.max_trials,
                   max_minutes=args.max_minutes, steps=args.steps, seed=args.seed,
                   algorithm=args.algorithm)
@@ -353,7 +413,8 @@ def cmd_tune(args) -> int:
     if result.best is None:
         print("no trial completed, so no best_config.json was written")
         return 1
-    print(f"best dev loss {result.best['dev_loss']:.4f} (trial {result.best['trial']}); train it in full with:\n"
+    print(f"best dev loss {result.best['dev_loss']:.4f} (trial {result.best['trial']}, "
+          f"{result.best['steps']:,} steps); train it in full ({result.best_config.steps:,} steps) with:\n"
           f"  kmlp train --config {result.out_dir / 'best_config.json'} --out saved_models/tuned")
     return 0
 
@@ -386,44 +447,20 @@ def add_tune_parser(sub) -> None:
 
 def cmd_lr_find(args) -> int:
     import json
-    import math
-    from pathlib import Path
 
+    from .config import check_range_test
     from .data import NamesData
+    from .runs import check_out_dir
 
     config = config_from_args(args)
-    for flag, value in (("--start-lr", args.start_lr), ("--end-lr", args.end_lr)):
-        if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"{flag} must be a positive number, got {value:g}")
-    if args.end_lr <= args.start_lr:
-        raise UsageError(f"--end-lr ({args.end_lr:g}) must be above --start-lr ({args.start_lr:g})")
-    if args.num_steps < 2:
-        raise UsageError(f"--num-steps must be at least 2, got {args.num_steps}")
+    check_range_test(args.start_lr, args.end_lr, args.num_steps)
+    check_out_dir(args.out, own_entries={"lr_find.csv", "lr_find.png"}, is_own=lambda path: True,
+                  what="range test results")
     data = NamesData.for_config(args.data, config)
+    from .lr_find import range_test
 
-    import keras
-
-    from .lr_find import CSV_FILE, PLOT_FILE, lr_find
-    from .plots import plot_lr_find
-    from .train import build_compiled_model, set_op_threads
-
-    set_op_threads(config, len(data.vocab))  # the same thread choice as kmlp train, for the same speed
-    keras.utils.set_random_seed(config.seed)
-    model = build_compiled_model(config, len(data.vocab))
-    try:
-        result = lr_find(model, data.dataset("train", config.batch_size, seed=config.seed),
-                         start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.num_steps)
-    except ValueError as e:  # the loss was never finite: nothing to read a rate from
-        raise UsageError(f"{e} (now {args.start_lr:g})") from None
-    if result.diverged and result.floor_at_start:
-        raise UsageError(f"the loss diverged within {len(result.rates)} steps, at lr "
-                         f"{result.rates[-1]:.3g}, before it fell; try a smaller --start-lr "
-                         f"(now {args.start_lr:g}); nothing was written")
-    out = Path(args.out)
-    csv_path = result.write_csv(out / CSV_FILE)
-    plot_path = plot_lr_find(out / PLOT_FILE, result, title=(
-        f"Learning-rate range test: {config.optimizer}, batch {config.batch_size}, "
-        f"{model.count_params():,} parameters"))
+    result, csv_path, plot_path = range_test(config, data, start_lr=args.start_lr, end_lr=args.end_lr,
+                                             num_steps=args.num_steps, out_dir=args.out)
     if args.json:
         print(json.dumps({**result.to_json(), "csv": str(csv_path), "plot": str(plot_path)}, indent=2))
         return 0
@@ -464,9 +501,8 @@ def add_lr_find_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kmlp", description="A character-level MLP language model (Bengio et al. 2003) for names, "
-                                 "built with Keras.")
+    parser = Parser(prog="kmlp", description="A character-level MLP language model (Bengio et al. 2003) "
+                                             "for names, built with Keras.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (add_train_parser, add_evaluate_parser, add_sample_parser, add_score_parser,
                 add_export_parser, add_tune_parser, add_lr_find_parser):
@@ -475,20 +511,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    silence_tensorflow()
+    """Run one command; every mistake in the input is one line on stderr and exit status 2."""
     from .config import ConfigError
     from .data import DataError
     from .runs import RunError, TrainingDiverged  # (importing kmlp.train would load TensorFlow)
 
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
+        args = build_parser().parse_args(argv)
+        silence_tensorflow()
         return args.func(args)
     except (DataError, ConfigError, RunError, UsageError, TrainingDiverged) as e:
         print(f"kmlp: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("kmlp: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print("kmlp: " + ("terminated" if isinstance(e, Terminated) else "interrupted"), file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
