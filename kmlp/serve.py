@@ -719,6 +719,12 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def local_hosts(host: str) -> list[str] | None:
+    """The Host headers a server listening on ``host`` accepts: on a loopback address only the
+    machine's own names, so a web page elsewhere cannot reach it by DNS rebinding; None (any) else."""
+    return ["127.0.0.1", "localhost", "::1", "[::1]", host] if is_loopback(host) else None
+
+
 def latest_export(run, log=say) -> Path:
     """The highest numbered SavedModel under ``run.path/export`` (the version TensorFlow Serving
     serves by default); exports the run first if it has none."""
@@ -773,9 +779,7 @@ def serve(run_dir, host: str = "127.0.0.1", port: int = DEFAULT_PORT, model_name
     check_flags(host, port, model_name)
     sock = bind(host, port)  # first: a taken port is reported before a minute of loading
     try:
-        loopback = is_loopback(host)
-        hosts = ["127.0.0.1", "localhost", "::1", "[::1]", host] if loopback else None
-        app, served = create_app(run_dir, model_name, data_path, limits, hosts, log)
+        app, served = create_app(run_dir, model_name, data_path, limits, local_hosts(host), log)
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{bound}"
@@ -787,7 +791,7 @@ def serve(run_dir, host: str = "127.0.0.1", port: int = DEFAULT_PORT, model_name
         log(f"  playground:  {url}/")
         log(f"  REST API:    {url}/v1/models/{served.name}  (TensorFlow Serving's; signatures: "
             f"{', '.join(sorted(served.signatures))})")
-        if not loopback:
+        if not is_loopback(host):
             log(f"listening on {host}: anyone who can reach this machine can use the model")
         log("Ctrl-C stops the server")
         with _stopped_by_signals(server):
