@@ -55,6 +55,7 @@ class Limits:
     a message naming it; more work than ``max_pending`` gets 503 (try again)."""
 
     max_body_bytes: int = 1 << 20   # one request body, 1 MiB of JSON
+    max_header_bytes: int = 16_384  # request line and headers held while they arrive
     max_items: int = 1_000          # values in one input: names to score, contexts, ...
     max_chars: int = 100            # characters in one string value: a name, context or prefix
     max_count: int = 1_000          # names per generate call (an input named `count`)
@@ -771,6 +772,17 @@ def _stopped_by_signals(server):
             signal.signal(sig, handler)
 
 
+def server_config(app, limits: Limits = Limits()):
+    """uvicorn's settings for ``app``, with the bounds of ``limits``. The HTTP parser is h11, which
+    bounds the request line and headers (httptools does not); the event loop asyncio's."""
+    import uvicorn
+
+    return uvicorn.Config(app, loop="asyncio", http="h11", lifespan="off", log_level="warning",
+                          access_log=False, server_header=False, timeout_keep_alive=5,
+                          timeout_graceful_shutdown=5, limit_concurrency=limits.max_connections,
+                          h11_max_incomplete_event_size=limits.max_header_bytes)
+
+
 def serve(run_dir, host: str = "127.0.0.1", port: int = DEFAULT_PORT, model_name: str = MODEL_NAME,
           data_path=None, limits: Limits = Limits(), log=say) -> int:
     """Serve a run until Ctrl-C or SIGTERM: the REST API and the playground on ``host``:``port``."""
@@ -783,9 +795,7 @@ def serve(run_dir, host: str = "127.0.0.1", port: int = DEFAULT_PORT, model_name
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{bound}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                limit_concurrency=limits.max_connections, timeout_keep_alive=5,
-                                timeout_graceful_shutdown=5, server_header=False)
+        config = server_config(app, limits)
         server = uvicorn.Server(config)
         log(f"serving {served.path} as model '{served.name}', version {served.version}")
         log(f"  playground:  {url}/")

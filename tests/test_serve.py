@@ -24,7 +24,7 @@ from conftest import ROOT, train_tiny_run
 
 from kmlp.sample import NameModel, where_found
 from kmlp.serve import (Limits, Playground, RequestError, Work, bind, create_app, json_to_tensor,
-                        local_hosts, tf_error_message)
+                        latest_export, local_hosts, server_config, tf_error_message)
 
 PREDICT = "/v1/models/kmlp:predict"
 ARTIFACTS = ROOT / "tests" / "artifacts"  # git-ignored: the browser test's screenshot
@@ -40,7 +40,7 @@ def running(app):
     import uvicorn
 
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(server_config(app))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -154,7 +154,7 @@ def test_metadata_lists_every_signature_as_the_saved_model_defines_it(server):
 
 def test_every_signature_answers_a_columnar_request_built_from_its_own_inputs(server):
     """Whatever signatures the export has: inputs made from each one's specs, outputs as its specs say."""
-    samples = {"string": "em", "int32": 2, "int64": 2, "float32": 1.0, "bool": False}
+    samples = {"string": "em", "int32": 2, "int64": 2, "float32": 1.0, "float64": 1.0, "bool": False}
     for name, sig in server.served.signatures.items():
         inputs = {key: samples[spec.dtype.name] if spec.shape.rank == 0 else [samples[spec.dtype.name]] * 2
                   for key, spec in sig.inputs.items()}
@@ -343,6 +343,37 @@ def test_wrong_model_version_or_path_gets_404(server):
         assert (status, kind) == (404, "application/json") and message in answer["error"], answer
 
 
+def test_headers_over_the_limit_are_refused(server):
+    request = b"GET /v1/models/kmlp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 300_000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        try:
+            sock.sendall(request)
+            answer = sock.recv(100)
+        except ConnectionResetError:  # answered and closed while the rest was still being sent
+            answer = b"reset"
+    assert answer.startswith(b"HTTP/1.1 400 ") or answer == b"reset", answer
+    assert server.ok("GET", "/v1/models/kmlp")["model_version_status"]
+
+
+def test_the_latest_version_is_served_and_an_incomplete_one_refused(server, tmp_path):
+    from kmlp.export import export_run
+    from kmlp.runs import RunError, load_run
+    from kmlp.serve import ServedModel
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(server.run.path, run_dir)
+    run = load_run(run_dir)
+    assert latest_export(run) == run_dir / "export" / "1"
+    assert export_run(run) == run_dir / "export" / "2"
+    served = ServedModel(latest_export(run))
+    assert served.version == 2 and served.status("kmlp", None, None)["model_version_status"][0]["version"] == "2"
+    with pytest.raises(RequestError, match="Could not find version 1 of model kmlp"):
+        served.status("kmlp", "1", None)
+    (run_dir / "export" / "3").mkdir()  # a version folder with nothing in it
+    with pytest.raises(RunError, match="not a SavedModel"):
+        latest_export(run)
+
+
 def test_an_internal_error_is_a_500_with_one_line_and_no_traceback(server, monkeypatch):
     def broken(body):
         raise RuntimeError("a bug")
@@ -503,10 +534,11 @@ def start_cli(run_dir, *flags):
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_cli_serves_and_stops_cleanly(tiny, tmp_path, stop):
     run_dir = tmp_path / "run"
-    shutil.copytree(tiny.path, run_dir, ignore=shutil.ignore_patterns("export"))
+    exports = stop == signal.SIGINT  # once from a run without an export, once from one with
+    shutil.copytree(tiny.path, run_dir, ignore=shutil.ignore_patterns("export") if exports else None)
     process, port, said = start_cli(run_dir)
     try:
-        assert f"exported {run_dir}" in said and "REST API:" in said
+        assert (f"exported {run_dir}" in said) == exports and "REST API:" in said
         client = Served(port, None, None, None)
         assert client.ok("GET", "/v1/models/kmlp")["model_version_status"][0]["state"] == "AVAILABLE"
         assert len(client.ok("POST", PREDICT, generate(count=5))["outputs"]) == 5
