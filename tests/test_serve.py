@@ -532,10 +532,10 @@ def start_cli(run_dir, *flags):
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_cli_serves_and_stops_cleanly(tiny, tmp_path, stop):
+def test_cli_serves_and_stops_cleanly(server, tmp_path, stop):
     run_dir = tmp_path / "run"
-    exports = stop == signal.SIGINT  # once from a run without an export, once from one with
-    shutil.copytree(tiny.path, run_dir, ignore=shutil.ignore_patterns("export") if exports else None)
+    exports = stop == signal.SIGINT  # once from a run without an export, once from one with (the server's)
+    shutil.copytree(server.run.path, run_dir, ignore=shutil.ignore_patterns("export") if exports else None)
     process, port, said = start_cli(run_dir)
     try:
         assert (f"exported {run_dir}" in said) == exports and "REST API:" in said
