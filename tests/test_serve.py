@@ -24,7 +24,7 @@ from conftest import ROOT, train_tiny_run
 
 from kmlp.sample import NameModel, where_found
 from kmlp.serve import (Limits, Playground, RequestError, Work, bind, create_app, json_to_tensor,
-                        latest_export, local_hosts, server_config, tf_error_message)
+                        latest_export, local_hosts, server_config, tf_error_message, to_json_values)
 
 PREDICT = "/v1/models/kmlp:predict"
 ARTIFACTS = ROOT / "tests" / "artifacts"  # git-ignored: the browser test's screenshot
@@ -116,6 +116,7 @@ def test_status_of_the_served_version(server):
                                           "status": {"error_code": "OK", "error_message": ""}}]}
     assert server.ok("GET", "/v1/models/kmlp") == expected
     assert server.ok("GET", "/v1/models/kmlp/versions/1") == expected
+    assert server.ok("GET", "/V1/Models/kmlp") == expected  # case-insensitive, as TensorFlow Serving's patterns
     for path, status, message in (("/v1/models/kmlp/versions/2", 404, "Could not find version 2 of model kmlp"),
                                   ("/v1/models/other", 404, "Could not find any versions of model other"),
                                   ("/v1/models/kmlp/labels/stable", 400, "Unrecognized servable version label"),
@@ -419,6 +420,16 @@ def test_json_to_tensor_follows_tensorflow_servings_rules():
         json_to_tensor([[1, 2], [3, [4]]], spec, "x", Limits())
     names = json_to_tensor([{"b64": "ZW1tYQ=="}, "ava"], tf.TensorSpec([None], tf.string), "x", Limits())
     assert names.numpy().tolist() == [b"emma", b"ava"]
+
+
+def test_outputs_are_written_as_tensorflow_serving_writes_them():
+    floats = np.array([0.1, 1.0, -np.inf, np.nan, 1 / 3], np.float32)
+    text = json.dumps(to_json_values(floats, "p"))
+    assert text == "[0.1, 1.0, -Infinity, NaN, 0.33333334]"  # fewest digits, the same float32 values
+    np.testing.assert_array_equal(np.array(json.loads(text), np.float32), floats)
+    assert to_json_values(np.array([b"emma", b"\xff"], object), "names") == ["emma", "\ufffd"]
+    assert to_json_values(np.array([b"\xff\x00"], object), "raw_bytes") == [{"b64": "/wA="}]
+    assert to_json_values(np.array([[1, 2]], np.int32), "tokens") == [[1, 2]]
 
 
 def test_tf_error_messages_are_cut_to_what_is_wrong():
