@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import binascii
+import functools
 import ipaddress
 import json
 import logging
@@ -111,7 +111,7 @@ def _flatten(value, shape, where: str, out: list) -> None:
 def _leaf(value, dtype, where: str, limits: Limits):
     """One JSON value as a value of ``dtype`` (a tf.DType), or :class:`RequestError`."""
     if dtype.name == "string":
-        if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+        if _is_b64(value):
             try:
                 data = base64.b64decode(value["b64"], validate=True)
             except binascii.Error:
@@ -385,9 +385,14 @@ class ServedModel:
         return {name: value.numpy() for name, value in outputs.items()}
 
 
+def _is_b64(value) -> bool:
+    """A binary string as TensorFlow Serving writes one: ``{"b64": "<base64>"}``."""
+    return isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str)
+
+
 def _is_named(value) -> bool:
     """A JSON object of named inputs (not a ``{"b64": ...}`` value)."""
-    return isinstance(value, dict) and not (set(value) == {"b64"} and isinstance(value["b64"], str))
+    return isinstance(value, dict) and not _is_b64(value)
 
 
 def row_outputs(outputs: dict) -> list:
