@@ -7,6 +7,7 @@
     kmlp export DIR                           SavedModel for TensorFlow Serving in DIR/export/N
     kmlp tune --max-minutes 30 --out DIR      hyperparameter search on the dev split (KerasTuner)
     kmlp lr-find --preset lecture --json      learning-rate range test and a suggested rate
+    kmlp serve DIR --port 8501                TensorFlow Serving's REST API and a playground page
 
 Every error in the input (files, flags, saved models, output folders) ends in a one-line message,
 ``kmlp: error: ...``, and exit status 2; flags and files are checked before TensorFlow loads.
@@ -498,6 +499,37 @@ def add_lr_find_parser(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    return serve(args.run_dir, host=args.host, port=args.port, model_name=args.model_name,
+                 data_path=args.data)
+
+
+def add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP: TensorFlow Serving's REST API and a "
+                                     "playground page",
+                       description="Serve the run's SavedModel (exported first if it has none) with "
+                                   "TensorFlow Serving's REST API at /v1/models/NAME, and a playground "
+                                   "page at / to sample names and see the model's next-character "
+                                   "probabilities. Ctrl-C stops it.")
+    p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for "
+                        "every network interface)")
+    p.add_argument("--port", type=int, default=8501,
+                   help="TCP port (default 8501, TensorFlow Serving's REST port; 0 for any free one)")
+    p.add_argument("--model-name", default="kmlp",
+                   help="the model's name in the URLs, /v1/models/NAME (default kmlp)")
+    p.add_argument("--data", metavar="PATH",
+                   help="names file that marks train/dev/test (default: the one the model was trained on)")
+    p.set_defaults(func=cmd_serve)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -505,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "for names, built with Keras.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (add_train_parser, add_evaluate_parser, add_sample_parser, add_score_parser,
-                add_export_parser, add_tune_parser, add_lr_find_parser):
+                add_export_parser, add_tune_parser, add_lr_find_parser, add_serve_parser):
         add(sub)
     return parser
 
