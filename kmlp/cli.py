@@ -411,27 +411,35 @@ def cmd_export(args) -> int:
 
     run = load_run(args.run_dir)
     try:
-        path = export_run(run, version=args.version)
+        path = export_run(run, version=args.version, format=args.format)
     except ExportError as e:
         raise UsageError(str(e)) from None
+    if args.format == "litert":
+        print(f"LiteRT model written to {path / 'model.tflite'}, its vocabulary to {path / 'model.json'}")
+        print(f"generate names with it (no TensorFlow needed): python -c \"from kmlp.litert import "
+              f"LiteRTModel, generate_names; print(generate_names(LiteRTModel('{path / 'model.tflite'}'), 5))\"")
+        return 0
     print(f"SavedModel written to {path}")
     print("signatures: serving_default (context -> next-character probabilities), generate, "
-          "generate_with_prefix, score")
+          "generate_with_prefix, generate_with_options, score")
     print(f"inspect it with: saved_model_cli show --dir {path} --all")
     return 0
 
 
 def add_export_parser(sub) -> None:
-    p = sub.add_parser("export", help="write a TensorFlow SavedModel for serving",
+    p = sub.add_parser("export", help="write a TensorFlow SavedModel for serving, or a LiteRT model",
                        description="Write the model, its vocabulary and its sampling and scoring "
                                    "functions as a SavedModel to DIR/export/<version>/, the layout "
-                                   "TensorFlow Serving loads.")
+                                   "TensorFlow Serving loads; or, with --format litert, a LiteRT "
+                                   "model (model.tflite and model.json) to DIR/litert/<version>/.")
     p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
+    p.add_argument("--format", choices=["saved_model", "litert"], default="saved_model",
+                   help="saved_model (default): for TensorFlow Serving; litert: for phones and "
+                        "embedded devices, run by the LiteRT interpreter")
     p.add_argument("--version", type=int,
                    help="version folder number (default: one more than the highest there); "
                         "an existing version is never replaced")
     p.set_defaults(func=cmd_export)
-
 
 # ---------------------------------------------------------------------------------------------
 # tune
