@@ -6,8 +6,9 @@ LiteRT reference loop in :mod:`kmlp.litert`, or a port to a phone) draws exactly
 The rule, for name number ``row`` (0, 1, 2, ... within one seed) at generation step ``step``:
 
 1. ``u = uniform(name_key(seed, row), step)``: a number in [0, 1) from a 32-bit integer hash
-   (:func:`mix32`, "lowbias32"), so each name's draws depend on the seed and its own number only,
-   not on how many names are drawn together, and any language can recompute them.
+   (:func:`mix32`, "lowbias32") of ``key + step * 0x9E3779B9`` (modulo 2**32), where the name's
+   key hashes the seed and its number the same way (:func:`name_key`); so each name's draws depend on the seed and its own number
+   only, not on how many names are drawn together, and any language can recompute them.
 2. From the logits ``l`` of the next token (index 0 is the end of the name): while the name is
    shorter than ``min_len`` the end is barred (its logit set to -inf); keep the ``top_k`` largest
    logits (ties kept; 0 keeps all); weights ``w = exp((l - max l) / temperature)``; with ``top_p``
@@ -32,7 +33,8 @@ MAX_NAME_LENGTH = 1000   # --max-len and SavedModel name lengths at most (as the
 MIN_DRAWS = 10_000       # --unique/--new give up after max(MIN_DRAWS, DRAWS_PER_NAME * n) draws
 DRAWS_PER_NAME = 20
 
-GOLDEN = 0x9E3779B9     # odd constant that keeps the hash of 0 away from 0
+GOLDEN = 0x9E3779B9     # 2**32 / golden ratio: the step between successive hash inputs
+SEED_MULTIPLIER = 0x85EBCA6B  # an odd constant that spreads the high half of a 64-bit seed
 MAX_FLOAT32 = float(np.finfo(np.float32).max)
 UNIFORM_BITS = 23        # u = k / 2**23, so that u * total < total in float32 (no index past the end)
 
@@ -49,16 +51,19 @@ def mix32(x):
 
 
 def name_key(seed: int, row):
-    """``uint32`` key of name number ``row`` (an int or array) for a 64-bit ``seed``."""
+    """``uint32`` key of name number ``row`` (an int or array) for a 64-bit ``seed``:
+    ``mix32(mix32(low ^ high * SEED_MULTIPLIER) + row * GOLDEN)`` with the seed's two 32-bit halves."""
     seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
     low, high = np.uint32(seed & 0xFFFF_FFFF), np.uint32(seed >> 32)
-    key = mix32(mix32(high ^ np.uint32(GOLDEN)) ^ low)
-    return mix32(key ^ np.asarray(row, np.uint32))
+    with np.errstate(over="ignore"):
+        base = mix32(low ^ high * np.uint32(SEED_MULTIPLIER))
+        return mix32(base + np.asarray(row, np.uint32) * np.uint32(GOLDEN))
 
 
 def uniform(key, step: int):
     """``float32`` in [0, 1 - 2**-23]: the draw of the name with ``key`` at generation ``step``."""
-    bits = mix32(np.asarray(key, np.uint32) ^ mix32(np.uint32(step) + np.uint32(GOLDEN)))
+    with np.errstate(over="ignore"):  # key + step * GOLDEN modulo 2**32: a Weyl sequence per name
+        bits = mix32(np.asarray(key, np.uint32) + np.uint32(step) * np.uint32(GOLDEN))
     return (bits >> np.uint32(32 - UNIFORM_BITS)).astype(np.float32) * np.float32(2.0 ** -UNIFORM_BITS)
 
 

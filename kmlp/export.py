@@ -56,8 +56,20 @@ class ExportError(ValueError):
 
 
 def _require(condition, template: str, *values):
-    """An assertion op failing with ``template`` formatted with ``values`` (one short line)."""
-    return tf.debugging.Assert(condition, [tf.strings.format(template, values)])
+    """``(condition, message)``: a check for :func:`_checked`."""
+    return condition, template, values
+
+
+def _checked(checks):
+    """One op that passes when every check holds, and otherwise fails with the first failing
+    check's message (one short line); messages are formatted only then."""
+    def fail():
+        asserts = [tf.debugging.Assert(ok, [tf.strings.format(template, values)])
+                   for ok, template, values in checks]
+        with tf.control_dependencies(asserts):
+            return tf.constant(False)
+
+    return tf.cond(tf.reduce_all(tf.stack([ok for ok, _, _ in checks])), lambda: tf.constant(True), fail)
 
 
 def _within(value, low, high):
@@ -68,8 +80,11 @@ class ServingModel(NameModel):
     """:class:`NameModel` plus the serving signatures, each a ``tf.function`` with a fixed signature.
 
     Each checks its inputs before any work, so that a request beyond the limits is refused rather
-    than run out of memory.
+    than run out of memory. Requests are small (at most MAX_REQUEST names), so the draws of all
+    steps are hashed up front, which makes each step, and a one-name call, shorter.
     """
+
+    draws_up_front = True
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="context")])
     def next_char(self, context):
@@ -77,21 +92,21 @@ class ServingModel(NameModel):
         checks = self._batch_checks(context, "contexts") + [
             _require(tf.reduce_all(ids.flat_values >= 0),
                      "a context has characters outside the vocabulary")]
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies([_checked(checks)]):
             return {"probabilities": self.next_probs(self.context_ids(context)), "tokens": self.tokens}
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="count"),
                                   tf.TensorSpec([], tf.int64, name="seed"),
                                   tf.TensorSpec([], tf.float32, name="temperature")])
     def generate_plain(self, count, seed, temperature):
-        return self._generate(count, seed, temperature, 0, 1.0, tf.constant(""), 0, self.max_len)
+        return self._generate(count, seed, temperature, tf.constant(""))
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="count"),
                                   tf.TensorSpec([], tf.int64, name="seed"),
                                   tf.TensorSpec([], tf.float32, name="temperature"),
                                   tf.TensorSpec([], tf.string, name="prefix")])
     def generate_with_prefix(self, count, seed, temperature, prefix):
-        return self._generate(count, seed, temperature, 0, 1.0, prefix, 0, self.max_len)
+        return self._generate(count, seed, temperature, prefix)
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="count"),
                                   tf.TensorSpec([], tf.int64, name="seed"),
@@ -102,11 +117,11 @@ class ServingModel(NameModel):
                                   tf.TensorSpec([], tf.int32, name="min_len"),
                                   tf.TensorSpec([], tf.int32, name="max_len")])
     def generate_with_options(self, count, seed, temperature, top_k, top_p, prefix, min_len, max_len):
-        return self._generate(count, seed, temperature, top_k, top_p, prefix, min_len, max_len)
+        return self._generate(count, seed, temperature, prefix, top_k, top_p, min_len, max_len)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="names")])
     def score_names(self, names):
-        with tf.control_dependencies(self._batch_checks(names, "names")):
+        with tf.control_dependencies([_checked(self._batch_checks(names, "names"))]):
             total, tokens = self.log_likelihood(names)
         return {"log_likelihood": total, "per_char": total / tf.cast(tokens, tf.float32), "tokens": tokens}
 
@@ -118,9 +133,9 @@ class ServingModel(NameModel):
                          f"{what} must be at most {MAX_NAME_LENGTH} characters long, got one of {{}}",
                          longest)]
 
-    def _generate(self, count, seed, temperature, top_k, top_p, prefix, min_len, max_len):
-        top_k, min_len, max_len = (tf.cast(v, tf.int32) for v in (top_k, min_len, max_len))
-        top_p = tf.cast(top_p, tf.float32)
+    def _generate(self, count, seed, temperature, prefix, top_k=0, top_p=1.0, min_len=0, max_len=None):
+        """Checked names; options left as Python values (the shorter signatures) stay out of the graph."""
+        max_len = self.max_len if max_len is None else max_len
         prefix_len = tf.strings.length(prefix, unit="UTF8_CHAR")
         checks = [
             _require(_within(count, 0, MAX_REQUEST), f"count must be from 0 to {MAX_REQUEST}, got {{}}",
@@ -128,18 +143,21 @@ class ServingModel(NameModel):
             _require(tf.logical_and(tf.bitcast(temperature, tf.int32) > 0,  # > 0, subnormals too
                                     temperature <= temperature.dtype.max),
                      "temperature must be a positive finite number, got {}", temperature),
-            _require(top_k >= 0, "top_k must be 0 (all characters) or more, got {}", top_k),
-            _require(tf.logical_and(top_p > 0, top_p <= 1), "top_p must be in (0, 1], got {}", top_p),
-            _require(_within(max_len, 1, MAX_NAME_LENGTH),
-                     f"max_len must be from 1 to {MAX_NAME_LENGTH}, got {{}}", max_len),
-            _require(_within(min_len, 0, max_len), "min_len must be from 0 to max_len ({}), got {}",
-                     max_len, min_len),
             _require(prefix_len < max_len, "prefix must be shorter than max_len ({}), got {} characters",
                      max_len, prefix_len),
             _require(tf.reduce_all(self.encode(prefix[None]).flat_values >= 0),
                      "the prefix has characters outside the vocabulary"),
         ]
-        with tf.control_dependencies(checks):
+        if tf.is_tensor(top_k):
+            checks += [
+                _require(top_k >= 0, "top_k must be 0 (all characters) or more, got {}", top_k),
+                _require(tf.logical_and(top_p > 0, top_p <= 1), "top_p must be in (0, 1], got {}", top_p),
+                _require(_within(max_len, 1, MAX_NAME_LENGTH),
+                         f"max_len must be from 1 to {MAX_NAME_LENGTH}, got {{}}", max_len),
+                _require(_within(min_len, 0, max_len), "min_len must be from 0 to max_len ({}), got {}",
+                         max_len, min_len),
+            ]
+        with tf.control_dependencies([_checked(checks)]):
             names = self.generate_names(tf.identity(count), seed, tf.constant(0, tf.int64), temperature,
                                         top_k, top_p, prefix, min_len, max_len)
         return {"names": names}

@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from .config import ConfigError
 from .data import BOUNDARY, Vocabulary
-from .drawing import (DRAWS_PER_NAME, GOLDEN, MAX_LEN, MAX_NAME_LENGTH, MIN_DRAWS, UNIFORM_BITS, Sampling,
-                      check_count, pick_seed)
+from .drawing import (DRAWS_PER_NAME, GOLDEN, MAX_LEN, MAX_NAME_LENGTH, MIN_DRAWS, SEED_MULTIPLIER,
+                      UNIFORM_BITS, Sampling, check_count, pick_seed)
 
 __all__ = ["MAX_LEN", "MAX_NAME_LENGTH", "NameModel", "Sampling", "sample_names", "score_names",
            "where_found"]
@@ -46,6 +46,8 @@ class NameModel(tf.Module):
     the module. A character outside the vocabulary maps to -1: :meth:`score` gives such names a
     log-likelihood of -inf, and :meth:`check` names them for a readable error in Python.
     """
+
+    draws_up_front = False  # hash each step's draws for the growing names only (large batches)
 
     def __init__(self, model, vocab: Vocabulary, max_len: int = MAX_LEN, name: str = "kmlp"):
         super().__init__(name=name)
@@ -97,34 +99,40 @@ class NameModel(tf.Module):
     def sample_ids(self, count, seed, first_row, context, options):
         """Token indices ``int32 [count, steps]`` of names ``first_row`` ... drawn after ``context``.
 
-        ``options`` holds graph scalars ``temperature, top_k, top_p, min_steps, max_steps`` (steps
-        counted after the prefix). All unfinished names advance together, one token per step. A
+        ``options`` holds scalars ``temperature, top_k, top_p, min_steps, max_steps`` (steps counted
+        after the prefix; ``min_steps`` None for none), as tensors or Python values (see
+        :func:`draw_tokens`). All unfinished names advance together, one token per step. A
         name that draws the boundary (its end) leaves the batch, so later steps only compute the
         names still growing; each step's tokens are written with their row numbers and scattered
         into place once at the end. The loop ends when every name has ended or after ``max_steps``.
         """
         temperature, top_k, top_p, min_steps, max_steps = options
-        rows = tf.range(count)
-        keys = name_keys(seed, tf.cast(first_row, tf.int64) + tf.cast(rows, tf.int64))
+        keys = name_keys(seed, tf.cast(first_row, tf.int64) + tf.cast(tf.range(count), tf.int64))
         contexts = tf.tile(context[None, :], [count, 1])
         where = tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False,
                                element_shape=[None, 2])  # (row, step) of each drawn token
         drawn = tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False, element_shape=[None])
 
-        def step(t, rows, keys, contexts, where, drawn):
-            nxt = draw_tokens(self.model(contexts, training=False), uniforms(keys, t), temperature,
-                              top_k, top_p, end_allowed=t >= min_steps)
+        if self.draws_up_front:  # every name's draw at every step, in one go: fewer ops per step
+            table = uniforms(keys[None, :], tf.range(max_steps)[:, None])  # [max_steps, count]
+            draws = lambda rows, t: tf.gather(table[t], rows)  # noqa: E731
+        else:  # only for the names still growing: less work when few names run long
+            draws = lambda rows, t: uniforms(tf.gather(keys, rows), t)  # noqa: E731
+
+        def step(t, rows, contexts, where, drawn):
+            nxt = draw_tokens(self.model(contexts, training=False), draws(rows, t),
+                              temperature, top_k, top_p,
+                              end_allowed=True if min_steps is None else t >= min_steps)
             where = where.write(t, tf.stack([rows, tf.fill(tf.shape(rows), t)], axis=1))
             drawn = drawn.write(t, nxt)
-            growing = tf.not_equal(nxt, 0)
+            growing = tf.where(tf.not_equal(nxt, 0))[:, 0]
             contexts = tf.concat([contexts[:, 1:], nxt[:, None]], axis=1)
-            return (t + 1, tf.boolean_mask(rows, growing), tf.boolean_mask(keys, growing),
-                    tf.boolean_mask(contexts, growing), where, drawn)
+            return t + 1, tf.gather(rows, growing), tf.gather(contexts, growing), where, drawn
 
-        steps, *_, where, drawn = tf.while_loop(
+        steps, _, _, where, drawn = tf.while_loop(
             lambda t, rows, *_: tf.logical_and(t < max_steps, tf.size(rows) > 0),
-            step, (tf.constant(0), rows, keys, contexts, where, drawn),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None]), tf.TensorShape([None]),
+            step, (tf.constant(0), tf.range(count), contexts, where, drawn),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None]),
                               tf.TensorShape([None, self.block_size]), tf.TensorShape(None),
                               tf.TensorShape(None)))
         return tf.scatter_nd(where.concat(), drawn.concat(), tf.stack([count, steps]))
@@ -134,7 +142,9 @@ class NameModel(tf.Module):
         ``min_len`` to ``max_len`` characters long, prefix included (checked by the caller)."""
         prefix_len = tf.strings.length(prefix, unit="UTF8_CHAR")
         context = self.context_ids(prefix[None])[0]
-        options = (temperature, top_k, top_p, min_len - prefix_len, max_len - prefix_len)
+        no_minimum = isinstance(min_len, int) and min_len == 0  # then the end is never barred
+        options = (temperature, top_k, top_p, None if no_minimum else min_len - prefix_len,
+                   max_len - prefix_len)
         ids = self.sample_ids(count, seed, first_row, context, options)
         rest = tf.strings.reduce_join(tf.gather(self._pieces, ids), axis=1)
         return tf.strings.join([tf.fill([count], prefix), rest])
@@ -290,38 +300,39 @@ def name_keys(seed, rows):
     seed = tf.cast(seed, tf.int64)
     low = tf.cast(tf.bitwise.bitwise_and(seed, 0xFFFFFFFF), tf.uint32)
     high = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(seed, 32), 0xFFFFFFFF), tf.uint32)
-    key = _mix32(tf.bitwise.bitwise_xor(_mix32(tf.bitwise.bitwise_xor(high, GOLDEN)), low))
-    rows = tf.cast(tf.bitwise.bitwise_and(rows, 0xFFFFFFFF), tf.uint32)
-    return _mix32(tf.bitwise.bitwise_xor(key, rows))
+    base = _mix32(tf.bitwise.bitwise_xor(low, high * SEED_MULTIPLIER))
+    return _mix32(base + tf.cast(tf.bitwise.bitwise_and(rows, 0xFFFFFFFF), tf.uint32) * GOLDEN)
 
 
 def uniforms(keys, step):
     """:func:`kmlp.drawing.uniform`: ``float32 [N]`` in [0, 1) for the names' ``keys`` at ``step``."""
-    salt = _mix32(tf.cast(step, tf.uint32) + GOLDEN)
-    bits = tf.bitwise.right_shift(_mix32(tf.bitwise.bitwise_xor(keys, salt)), 32 - UNIFORM_BITS)
+    bits = tf.bitwise.right_shift(_mix32(keys + tf.cast(step, tf.uint32) * GOLDEN), 32 - UNIFORM_BITS)
     return tf.cast(bits, tf.float32) * (2.0 ** -UNIFORM_BITS)
 
 
-def draw_tokens(logits, u, temperature, top_k, top_p, end_allowed):
-    """:func:`kmlp.drawing.next_tokens` in TensorFlow: ``int32 [B]`` tokens for ``logits [B, V]``."""
-    logits = tf.cond(end_allowed, lambda: logits, lambda: _bar_end(logits))
-    logits = keep_top_k(logits, top_k)
+def draw_tokens(logits, u, temperature, top_k=0, top_p=1.0, end_allowed=True):
+    """:func:`kmlp.drawing.next_tokens` in TensorFlow: ``int32 [B]`` tokens for ``logits [B, V]``.
+
+    ``top_k``, ``top_p`` and ``end_allowed`` may be tensors, or Python values: then a step they
+    leave out (0, 1.0, True) is left out of the graph, which keeps a one-name call short.
+    """
+    if end_allowed is not True:
+        end = tf.constant(np.arange(logits.shape[1]) == 0)
+        logits = tf.where(tf.logical_and(end, tf.logical_not(end_allowed)), -np.inf, logits)
+    if not (isinstance(top_k, int) and top_k == 0):
+        logits = keep_top_k(logits, top_k)
     temperature = tf.maximum(temperature, np.finfo(np.float32).tiny)  # FTZ would make a tiny one 0
     weights = tf.exp((logits - tf.reduce_max(logits, axis=1, keepdims=True)) / temperature)
-    weights = tf.cond(top_p < 1, lambda: keep_top_p(weights, top_p), lambda: weights)
+    if not (isinstance(top_p, float) and top_p == 1.0):
+        weights = tf.cond(top_p < 1, lambda: keep_top_p(weights, top_p), lambda: weights)
     running = running_sums(weights)
     return tf.searchsorted(running, u[:, None] * running[:, -1:], side="right")[:, 0]
 
 
 def running_sums(weights):
     """Running sums along each row, as a product with a triangular matrix of ones (several times
-    faster than ``tf.cumsum`` along a short last axis)."""
-    size = tf.shape(weights)[1]
-    return weights @ tf.linalg.band_part(tf.ones([size, size], weights.dtype), 0, -1)
-
-
-def _bar_end(logits):
-    return tf.concat([tf.fill([tf.shape(logits)[0], 1], -np.inf), logits[:, 1:]], axis=1)
+    faster than ``tf.cumsum`` along a short last axis; the same rounding as kmlp.drawing's)."""
+    return weights @ tf.constant(np.triu(np.ones((weights.shape[1],) * 2, np.float32)))
 
 
 def keep_top_k(logits, k):
