@@ -1,0 +1,36 @@
+"""benchmarks/bench_sample.py and bench_litert.py run end to end on a tiny model (smoke tests; nothing
+is timed against a target)."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, train_tiny_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return train_tiny_run(tmp_path_factory.mktemp("bench"))
+
+
+def bench(script, *args):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_bench_sample_times_an_earlier_sampler_side_by_side(run):
+    out = bench("bench_sample.py", run.path, "--num", 3000, "--repeats", 2, "--loop-names", 50,
+                "--latency-calls", 5, "--baseline", "HEAD")
+    assert re.search(r"kmlp/sample.py at HEAD\s+median [\d.]+ s\s+[\d,]+ names/s", out), out
+    assert re.search(r"now / HEAD: [\d.]+x names/s", out), out
+    assert re.search(r"SavedModel 'generate' signature, one name per call.*p50 [\d.]+ ms", out), out
+
+
+def test_bench_litert_reports_size_and_one_name_latency(run):
+    out = bench("bench_litert.py", run.path, "--calls", 5)
+    assert re.search(r"model.tflite: [\d,]+ bytes", out), out
+    assert re.search(r"LiteRT reference loop \(kmlp.litert\)\s+p50 [\d.]+ ms", out), out
+    assert re.search(r"LiteRT / SavedModel, p50: [\d.]+x the time", out), out
