@@ -280,10 +280,10 @@ def add_sample_parser(sub) -> None:
                    "same names (and the first of them for a smaller -n)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="divides the logits: below 1 safer, more common names; above 1 wilder (default 1)")
-    p.add_argument("--top-k", type=int, default=0,
+    p.add_argument("--top-k", type=int, default=0, metavar="K",
                    help="draw only among the k likeliest next characters; 1 always takes the likeliest, "
                         "0 (default) considers all")
-    p.add_argument("--top-p", type=float, default=1.0,
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
                    help="nucleus sampling: draw only among the likeliest next characters whose "
                         "probabilities add up to P (default 1: all)")
     p.add_argument("--prefix", default="", help="letters every name starts with")

@@ -34,7 +34,8 @@ from .drawing import (DRAWS_PER_NAME, GOLDEN, MAX_LEN, MAX_NAME_LENGTH, MIN_DRAW
 __all__ = ["MAX_LEN", "MAX_NAME_LENGTH", "NameModel", "Sampling", "sample_names", "score_names",
            "where_found"]
 
-CHUNK_NAMES = 65_536         # names drawn per compiled call: memory is bounded by this, not by -n
+CHUNK_NAMES = 65_536         # names drawn per compiled call: memory is bounded by this, not by -n,
+CHUNK_CHARACTERS = CHUNK_NAMES * MAX_LEN  # and by names x --max-len (the tokens a call can hold)
 SCORE_CHUNK_TOKENS = 65_536  # characters scored per model call inside the score graph
 SCORE_BATCH = 8_192          # names per score call from Python
 
@@ -201,16 +202,10 @@ class NameModel(tf.Module):
 
     # -- Python conveniences --------------------------------------------------------------------
 
-    def check(self, text: str, what: str = "name") -> None:
-        """Raise ``ValueError`` naming the characters of ``text`` the vocabulary lacks."""
-        missing = self.vocab.unknown(text)
-        if missing:
-            raise ValueError(f"{what} {text!r} has characters outside the model's vocabulary: "
-                             f"{''.join(missing)!r} (it knows {''.join(self.vocab.chars)!r})")
-
     def stream(self, num: int, seed: int | None = None, *, unique: bool = False, exclude=None,
                max_draws: int | None = None, **options) -> Iterator[str]:
-        """``num`` names, yielded as they are drawn, at most :data:`CHUNK_NAMES` at a time.
+        """``num`` names, yielded as they are drawn, at most :data:`CHUNK_NAMES` at a time (fewer
+        for a ``max_len`` above 50, :data:`CHUNK_CHARACTERS` characters at most).
 
         ``options`` are those of :class:`~kmlp.drawing.Sampling` (``temperature``, ``top_k``,
         ``top_p``, ``prefix``, ``min_len``, ``max_len``); bad values raise
@@ -237,7 +232,8 @@ class NameModel(tf.Module):
             if drawn >= max_draws:
                 raise ConfigError(_shortfall(num, given, drawn, unique, exclude is not None))
             want = num - given
-            size = min(CHUNK_NAMES, max_draws - drawn, max(2 * want, 1_000) if filtering else want)
+            size = min(CHUNK_NAMES, max(1, CHUNK_CHARACTERS // sampling.max_len), max_draws - drawn,
+                       max(2 * want, 1_000) if filtering else want)
             for name in self._draw(size, seed, drawn, sampling):
                 drawn += 1
                 if (exclude is not None and name in exclude) or (unique and name in seen):

@@ -333,3 +333,12 @@ def test_sample_into_a_pipe_closed_early_ends_quietly(run):
     finally:
         proc.kill()
     assert first.strip() and proc.returncode == 0 and err == b""
+
+
+def test_long_max_len_draws_fewer_names_at_a_time(lm, monkeypatch):
+    sizes = []
+    draw = lm._draw
+    monkeypatch.setattr(lm, "_draw", lambda count, *rest: sizes.append(count) or draw(count, *rest))
+    monkeypatch.setattr(kmlp.sample, "CHUNK_CHARACTERS", 5_000)
+    assert len(lm.sample(300, seed=1, max_len=1000)) == 300
+    assert sizes == [5] * 60  # 5,000 characters a call, at most 1,000 per name
