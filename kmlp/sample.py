@@ -147,6 +147,7 @@ class NameModel(tf.Module):
         options = (temperature, top_k, top_p, None if no_minimum else min_len - prefix_len,
                    max_len - prefix_len)
         ids = self.sample_ids(count, seed, first_row, context, options)
+        ids = tf.RaggedTensor.from_tensor(ids, padding=0)  # each name's characters, no padding
         rest = tf.strings.reduce_join(tf.gather(self._pieces, ids), axis=1)
         return tf.strings.join([tf.fill([count], prefix), rest])
 
@@ -159,15 +160,19 @@ class NameModel(tf.Module):
         at most :data:`SCORE_CHUNK_TOKENS` of their tokens, so memory follows the total length.
         """
         ids = self.encode(names)
-        known = tf.reduce_all(ids >= 0, axis=1)
-        tokens = tf.cast(ids.row_lengths(), tf.int32) + 1
+        splits = tf.cast(ids.row_splits, tf.int32)
+        unknown = _row_sums(tf.cast(ids.flat_values < 0, tf.int32), splits)
+        tokens = splits[1:] - splits[:-1] + 1
         boundary = tf.RaggedTensor.from_tensor(tf.zeros([ids.nrows(), self.block_size], tf.int32))
         laid = tf.concat([boundary, tf.maximum(ids, 0), boundary[:, :1]], axis=1)
         flat = laid.flat_values                        # every name: T boundaries, characters, end
-        targets = tf.ragged.range(tokens)              # the j-th predicted token of each name
-        name_of = tf.cast(targets.value_rowids(), tf.int32)
-        positions = tf.gather(tf.cast(laid.row_starts(), tf.int32), name_of) + self.block_size \
-            + targets.flat_values
+        # The j-th token of name i is predicted at flat position start_i + T + j. (Row ids come from
+        # a search, not RaggedTensor.value_rowids, whose tf.repeat pads every row to the longest.)
+        ends = tf.cumsum(tokens)
+        target = tf.range(tf.reduce_sum(tokens))
+        name_of = tf.searchsorted(ends, target, side="right")
+        positions = tf.gather(tf.cast(laid.row_starts(), tf.int32) + self.block_size - (ends - tokens),
+                              name_of) + target
         offsets = tf.range(-self.block_size, 0)
         picked = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False,
                                 element_shape=[None])
@@ -182,7 +187,8 @@ class NameModel(tf.Module):
         _, picked = tf.while_loop(lambda i, _: i < slices, score_slice, (tf.constant(0), picked))
         log_probs = tf.cond(slices > 0, picked.concat, lambda: tf.zeros([0], tf.float32))
         total = tf.math.unsorted_segment_sum(log_probs, name_of, tf.size(tokens))
-        return tf.where(known, total, -np.inf), tokens
+        return tf.where(unknown == 0, total, -np.inf), tokens
+
 
     # -- compiled entry points ------------------------------------------------------------------
 
@@ -268,6 +274,12 @@ class NameModel(tf.Module):
     def score(self, names: Iterable[str]) -> list[tuple[float, int]]:
         """(log-likelihood in nats, tokens incl. the end) of each name; -inf for unknown characters."""
         return [(total, tokens) for _, total, tokens in self.iter_scores(names)]
+
+
+def _row_sums(values, row_splits):
+    """Sum of ``values`` within each row of a ragged layout given by ``row_splits``, in O(values)."""
+    running = tf.concat([[0], tf.cumsum(values)], axis=0)
+    return tf.gather(running, row_splits[1:]) - tf.gather(running, row_splits[:-1])
 
 
 def _shortfall(num: int, given: int, drawn: int, unique: bool, new: bool) -> str:

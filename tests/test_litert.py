@@ -73,3 +73,12 @@ def test_reference_loop_checks_its_options_and_its_files(exported, tmp_path):
     other.with_suffix(".json").write_text(json.dumps({"format": "something else"}), encoding="utf-8")
     with pytest.raises(ValueError, match="not a kmlp-litert description"):
         LiteRTModel(other)
+
+
+def test_the_readme_shows_the_reference_loop_as_it_is():
+    import inspect
+
+    from kmlp.litert import generate_names
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert inspect.getsource(generate_names) in readme
