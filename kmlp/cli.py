@@ -1,10 +1,11 @@
 """The ``kmlp`` command: a thin layer over the Python API.
 
     kmlp train [--preset NAME] [flags]        train a model, save it, print sampled names
-    kmlp evaluate DIR --split test            loss of a saved model on one split
+    kmlp evaluate DIR --split test            loss, perplexity, bits per character on one split
     kmlp sample DIR -n 20 --seed 1            names sampled from a saved model
-    kmlp score DIR emma zoe                   log-likelihood of names under a saved model
-    kmlp export DIR                           SavedModel for TensorFlow Serving in DIR/export/N
+    kmlp score DIR emma zoe                   log-likelihood of names under a saved model (or --file)
+    kmlp export DIR [--format litert]         SavedModel for TensorFlow Serving in DIR/export/N
+                                              (or model.tflite for LiteRT in DIR/litert/N)
     kmlp tune --max-minutes 30 --out DIR      hyperparameter search on the dev split (KerasTuner)
     kmlp lr-find --preset lecture --json      learning-rate range test and a suggested rate
     kmlp serve DIR --port 8501                TensorFlow Serving's REST API and a playground page
@@ -250,7 +251,7 @@ def cmd_sample(args) -> int:
     run = load_run(args.run_dir)
     lm = NameModel(run.model, run.vocab)
     sampling.check(run.vocab.chars)  # the prefix against the vocabulary, before the data is read
-    splits, unavailable = _run_splits(run, args.data)
+    splits, unavailable = run.splits(args.data)
     if args.new and not splits:
         raise UsageError(f"--new needs the names the model was trained on: {unavailable}")
     split_of = split_index(splits) if splits else {}
@@ -310,22 +311,6 @@ class _QuietOnClosedPipe:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail again
         return True
-
-
-def _run_splits(run, data_path):
-    """The run's train/dev/test names, from --data or the file it was trained on, and why not if not."""
-    from .data import DataError, NamesData
-
-    path = data_path or run.info.get("data")
-    if not path:
-        return None, f"{run.path / 'config.json'} names no data file; pass --data PATH"
-    try:
-        data = NamesData.for_config(path, run.config, vocab=run.vocab)
-    except DataError as e:
-        if data_path:  # asked for explicitly: an error, not a note
-            raise
-        return None, str(e)
-    return data.words, None
 
 
 def add_sample_parser(sub) -> None:
@@ -467,14 +452,15 @@ def add_score_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from .export import ExportError, export_run
+    from .config import check_positive_int
+
+    if args.version is not None:  # before TensorFlow loads
+        check_positive_int(args.version, "--version")
+    from .export import export_run
     from .runs import load_run
 
     run = load_run(args.run_dir)
-    try:
-        path = export_run(run, version=args.version, format=args.format)
-    except ExportError as e:
-        raise UsageError(str(e)) from None
+    path = export_run(run, version=args.version, format=args.format)
     if args.format == "litert":
         print(f"LiteRT model written to {path / 'model.tflite'}, its vocabulary to {path / 'model.json'}")
         print(f"generate names with it (no TensorFlow needed): python -c \"from kmlp.litert import "

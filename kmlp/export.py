@@ -41,17 +41,17 @@ from pathlib import Path
 import tensorflow as tf
 
 from .drawing import MAX_LEN, MAX_NAME_LENGTH
-from .runs import Run
+from . import runs
+from .config import ConfigError, check_positive_int
+from .runs import EXPORT_DIR, LITERT_DIR, Run, RunError
 from .sample import NameModel
 
-EXPORT_DIR = "export"
-LITERT_DIR = "litert"
 LITERT_MODEL = "model.tflite"
 FORMATS = ("saved_model", "litert")
 MAX_REQUEST = 10_000  # names (generate's count, score's batch) or contexts per SavedModel call
 
 
-class ExportError(ValueError):
+class ExportError(RunError):
     """The export cannot be written where asked; nothing was changed."""
 
 
@@ -184,16 +184,22 @@ def export_run(run: Run, version: int | None = None, export_root: str | os.PathL
     ``model.tflite`` (context indices -> next-character logits) and ``model.json`` (vocabulary and
     what a program needs to draw names, see :mod:`kmlp.litert`). Everything is written to a hidden
     folder beside the target and renamed into place, so a watcher never sees a half-written
-    version. An existing version is never replaced (:class:`ExportError`).
+    version. An existing version is never replaced (:class:`ExportError`), and no other kmlp process
+    writes the run meanwhile (:class:`kmlp.runs.RunLock`).
     """
     if format not in FORMATS:
-        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if version is not None:
+        check_positive_int(version, "--version")
+    with runs.RunLock(run.path):
+        return _export(run, version, export_root, format)
+
+
+def _export(run: Run, version: int | None, export_root, format: str) -> Path:
     default_root = EXPORT_DIR if format == "saved_model" else LITERT_DIR
     export_root = Path(export_root) if export_root else Path(run.path) / default_root
     if version is None:
         version = next_version(export_root)
-    if version < 1:
-        raise ExportError(f"--version must be a positive integer, got {version}")
     target = export_root / str(version)
     if target.exists():
         raise ExportError(f"{target}: version {version} already exists; choose another --version "
@@ -206,7 +212,7 @@ def export_run(run: Run, version: int | None = None, export_root: str | os.PathL
             tf.saved_model.save(module, str(staging), signatures=module.signatures())
         else:
             _write_litert(run, staging)
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide it from a server running as another user
+        os.chmod(staging, runs.new_dir_mode())  # mkdtemp's 0700 would hide it from other users
         os.rename(staging, target)  # fails, rather than overwrites, if the version appeared meanwhile
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

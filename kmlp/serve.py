@@ -456,13 +456,12 @@ class Playground:
     def __init__(self, run, served: ServedModel, data_path=None, limits: Limits = Limits()):
         import keras
 
-        from .cli import _run_splits
         from .plots import project_2d
         from .sample import MAX_LEN, NameModel
 
         self.run, self.limits = run, limits
         self.lm = NameModel(run.model, run.vocab)
-        self.splits, self.marks_unavailable = _run_splits(run, data_path)
+        self.splits, self.marks_unavailable = run.splits(data_path)
         table = keras.ops.convert_to_numpy(run.model.get_layer("embedding").embeddings)
         points, xlabel, ylabel = project_2d(table)
         self.default_max_len = min(MAX_LEN, limits.max_len)
@@ -489,19 +488,14 @@ class Playground:
         count = _int_field(p, "count", 1, self.limits.max_count)
         top_k = _int_field(p, "top_k", 0, len(self.run.vocab))
         max_len = _int_field(p, "max_len", 1, self.limits.max_len)
-        try:
-            seed = check_seed(p["seed"], "seed")
-        except ConfigError as e:
-            raise RequestError(str(e)) from None
-        temperature = p["temperature"]
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not (math.isfinite(temperature) and temperature > 0):
-            raise RequestError(f"temperature must be a positive number, got {temperature!r}")
         prefix = self._text(p, "prefix", "prefix")
-        names = self.lm.sample(count, seed=seed, temperature=float(temperature), top_k=top_k,
-                               prefix=prefix, max_len=max_len)
+        try:  # the sampler's own checks (kmlp.drawing.Sampling) for the rest
+            names = self.lm.sample(count, seed=check_seed(p["seed"], "seed"), temperature=p["temperature"],
+                                   top_k=top_k, prefix=prefix, max_len=max_len)
+        except ConfigError as e:
+            raise RequestError(str(e).removeprefix("--")) from None
         marks = where_found(names, self.splits) if self.splits else [None] * len(names)
-        return {"names": [{"name": n, "found_in": m} for n, m in zip(names, marks)], "seed": seed,
+        return {"names": [{"name": n, "found_in": m} for n, m in zip(names, marks)], "seed": p["seed"],
                 "new": sum(m == "new" for m in marks) if self.splits else None,
                 "marks_unavailable": self.marks_unavailable}
 
@@ -532,10 +526,10 @@ class Playground:
             raise RequestError(f"{key} must be a string, got {json.dumps(text)[:40]}")
         if len(text) > self.limits.max_chars:
             raise RequestError(f"{key}: {len(text):,} characters; the limit is {self.limits.max_chars:,}")
-        try:
-            self.lm.check(text, what)
-        except ValueError as e:
-            raise RequestError(str(e)) from None
+        missing = self.run.vocab.unknown(text)
+        if missing:
+            raise RequestError(f"{what} {text!r} has characters outside the model's vocabulary: "
+                               f"{''.join(missing)!r} (it knows {''.join(self.run.vocab.chars)!r})")
         return text
 
 
