@@ -171,7 +171,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="run directory to write (default: saved_models/<preset>); "
                    "new, empty, or an earlier run, which is replaced (its exports are kept)")
     p.add_argument("--samples", type=int, default=10, help="names to sample and print at the end (default 10)")
-    p.add_argument("--minutes", type=float,
+    p.add_argument("--minutes", type=float, metavar="M",
                    help="time budget for the whole run, evaluations and saving included: the steps are "
                         "planned from this machine's measured speed, --decay-at milestones scaled to "
                         "them, and metrics.json records the --steps that repeat the run exactly (default: "
