@@ -41,7 +41,7 @@ def run_preset(name: str, out_root: Path, data: str | None) -> str:
     kmlp(*command)
     kmlp("evaluate", str(out), "--split", "test")
     m = json.loads((out / "metrics.json").read_text())
-    shown = f"kmlp train --preset {name}" if name != "default" else "kmlp train"
+    shown = f"kmlp train --preset {name}"
     minutes, seconds = divmod(round(m["seconds"]), 60)
     time_text = f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
     return (f"| `{name}` preset | {m['params']:,} | {m['train_loss']:.4f} | **{m['dev_loss']:.4f}** | "

@@ -76,7 +76,7 @@ class Backup:
             self.path.mkdir(parents=True)
             runs.write_json(self.path / IDENTITY_FILE, expected)
             return 0
-        saved = runs.read_json(self.path / IDENTITY_FILE) if (self.path / IDENTITY_FILE).exists() else {}
+        saved = self.kept_identity() or {}
         if saved != expected:
             raise runs.RunError(f"{self.path}: the interrupted training there is another run "
                                 f"({_difference(saved, expected)}); run the same command as before with "
@@ -84,6 +84,11 @@ class Backup:
         self._trim(epoch, epoch * expected["plan"]["steps_per_call"] * expected["plan"]["calls_per_epoch"])
         log(f"resuming from {self.path}: {epoch} of {expected['plan']['epochs']} epochs done")
         return epoch
+
+    def kept_identity(self) -> dict | None:
+        """What the backup kept here belongs to (see :func:`identity`), or None if none is kept."""
+        path = self.path / IDENTITY_FILE
+        return runs.read_json(path) if path.exists() else None
 
     def _trim(self, epoch: int, step: int) -> None:
         """Drop what was written after the epoch the backup holds (a kill between writes leaves it)."""

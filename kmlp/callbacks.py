@@ -1,5 +1,5 @@
 """Keras callbacks for the learning rate: schedules counted in optimizer steps, a training-curve
-recorder, and Leslie Smith's learning-rate range test.
+recorder, Leslie Smith's learning-rate range test, a timer and a progress line.
 
 All of them work with any compiled Keras model and any Keras optimizer whose learning rate is a
 plain number (not a ``LearningRateSchedule``). They count optimizer steps with ``optimizer.iterations``
@@ -13,6 +13,8 @@ import bisect
 import csv
 import math
 import os
+import statistics
+import sys
 import time
 
 import keras
@@ -32,6 +34,27 @@ def _step_of(optimizer) -> int:
 
 def _positive(name: str, value) -> float:
     return check_positive_number(value, name)
+
+
+def training_state(model) -> tuple:
+    """A copy of everything training changes: the model's variables (weights, normalisation
+    statistics, dropout seeds) and the optimizer's (step count, learning rate, momentum or Adam
+    moments). :func:`restore_training_state` puts it back exactly. Builds the optimizer's variables
+    if it has none yet (as ``fit`` would), so that none appears after the copy."""
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    return ([v.numpy() for v in model.variables], [v.numpy() for v in optimizer.variables],
+            _rate_of(optimizer))
+
+
+def restore_training_state(model, state: tuple) -> None:
+    weights, optimizer_values, rate = state
+    for variable, value in zip(model.variables, weights):
+        variable.assign(value)
+    for variable, value in zip(model.optimizer.variables, optimizer_values):
+        variable.assign(value)
+    model.optimizer.learning_rate = rate  # also when it is not among the variables
 
 
 class _RateSchedule(keras.callbacks.Callback):
@@ -242,10 +265,7 @@ class LRFinder(keras.callbacks.Callback):
         self.schedule = np.geomspace(self.start_lr, self.end_lr, self.num_steps)
 
     def on_train_begin(self, logs=None):
-        model, optimizer = self.model, self.model.optimizer
-        self._saved_model = [v.numpy() for v in model.variables]
-        self._saved_optimizer = [v.numpy() for v in optimizer.variables]
-        self._saved_rate = _rate_of(optimizer)
+        self._saved = training_state(self.model)
         self.rates, self.losses, self.smoothed = [], [], []
         self.diverged = False
         self._average, self._best = 0.0, math.inf
@@ -279,9 +299,149 @@ class LRFinder(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        for variable, value in zip(self.model.variables, self._saved_model):
-            variable.assign(value)
-        optimizer = self.model.optimizer
-        for variable, value in zip(optimizer.variables, self._saved_optimizer):
-            variable.assign(value)
-        optimizer.learning_rate = self._saved_rate  # also when it is not among the variables
+        restore_training_state(self.model, self._saved)
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Times ``fit`` in optimizer steps: its first call apart (it traces and compiles), the calls
+    in the middle of an epoch, and what an epoch adds: its start (the callbacks' ``on_epoch_begin``
+    and a first call that starts cold) and its end (the validation, the callbacks' ``on_epoch_end``).
+
+    >>> timer = StepTimer()
+    >>> model.fit(train, steps_per_epoch=2, epochs=4, validation_data=dev, callbacks=[backup, timer])
+    >>> timer.seconds_per_step, timer.epoch_ends, timer.epoch_starts
+
+    Put it last, so that what the other callbacks do counts in the times. With ``min_seconds`` it
+    stops training once the calls in the middle of epochs have taken that long.
+    """
+
+    def __init__(self, min_seconds: float = math.inf):
+        super().__init__()
+        self.min_seconds = min_seconds
+
+    def on_train_begin(self, logs=None):
+        self.first_call, self.first_steps = None, 0  # the first call: seconds and optimizer steps
+        self.steps, self.seconds = 0, 0.0            # the calls in the middle of an epoch
+        self.epoch_starts, self.epoch_start_steps = [], []  # each later epoch's first call, from the
+        self.epoch_ends = []                         # end of the epoch before; last call to epoch end
+        self._since = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._since = self._since or time.perf_counter()
+        self._step, self._starting = _step_of(self.model.optimizer), True
+
+    def on_train_batch_end(self, batch, logs=None):
+        now, step = time.perf_counter(), _step_of(self.model.optimizer)
+        seconds, steps = now - self._since, step - self._step
+        if self.first_call is None:
+            self.first_call, self.first_steps = seconds, steps
+        elif self._starting:
+            self.epoch_starts.append(seconds)
+            self.epoch_start_steps.append(steps)
+        else:
+            self.steps, self.seconds = self.steps + steps, self.seconds + seconds
+            if self.seconds >= self.min_seconds:
+                self.model.stop_training = True
+        self._since, self._step, self._starting = now, step, False
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        self.epoch_ends.append(now - self._since)
+        self._since = now
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Mean seconds per optimizer step of the calls in the middle of epochs (NaN if none)."""
+        return self.seconds / self.steps if self.steps else math.nan
+
+    def seconds_per_epoch(self, skip: int = 1) -> float:
+        """What an epoch adds to its steps, on average over the epochs after the first ``skip`` (the
+        first compiles the validation): its end, and its start beyond a call's steps."""
+        ends = self.epoch_ends[skip:]
+        starts = [s - n * self.seconds_per_step for s, n in zip(self.epoch_starts, self.epoch_start_steps)]
+        return statistics.fmean(ends) + (statistics.fmean(starts[max(skip - 1, 0):]) if starts else 0.0)
+
+
+class Progress(keras.callbacks.Callback):
+    """Where training is, in optimizer steps: steps done of ``total_steps``, the time elapsed and an
+    estimate of the time left, the training loss and the last dev loss.
+
+    >>> model.fit(train, steps_per_epoch=40, epochs=50, validation_data=dev, verbose=0,
+    ...           callbacks=[Progress(total_steps=50 * 40 * 250)])
+    step 250,000/500,000  50%  0:41 elapsed  0:40 left  loss 2.1402  dev 2.1650
+
+    On a terminal (``stream.isatty()``) the line is rewritten in place, at most every ``refresh``
+    seconds; elsewhere (a log file, a pipe) a plain line is written at the end of an epoch once
+    ``every`` seconds have passed since the last one, and when training ends. The time left is
+    extrapolated from the steps per second since the first compiled call; ``earlier`` is training
+    time spent before this ``fit`` (a resumed run's first part), counted in the time elapsed.
+    """
+
+    def __init__(self, total_steps: int, stream=None, every: float = 10.0, refresh: float = 0.2,
+                 earlier: float = 0.0):
+        super().__init__()
+        self.total_steps = int(total_steps)
+        self.stream, self.every, self.refresh, self.earlier = stream, every, refresh, float(earlier)
+
+    def on_train_begin(self, logs=None):
+        self._out = self.stream or sys.stdout
+        self._terminal = bool(getattr(self._out, "isatty", lambda: False)())
+        self._began = time.perf_counter()
+        self._rate_from = None  # (time, step) at the end of the first call: the rate counts from there
+        self._loss = self._dev = None
+        self._step = self._written_step = None
+        self._written, self._width = -math.inf, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step = _step_of(self.model.optimizer)
+        if self._rate_from is None:
+            self._rate_from = (time.perf_counter(), self._step)
+        self._loss = (logs or {}).get("loss", self._loss)
+        if self._terminal and time.perf_counter() - self._written >= self.refresh:
+            self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._loss, self._dev = logs.get("loss", self._loss), logs.get("val_loss", self._dev)
+        if self._terminal or time.perf_counter() - self._written >= self.every:
+            self._write()
+
+    def on_train_end(self, logs=None):
+        self._step = _step_of(self.model.optimizer)
+        if self._terminal:
+            self._write()
+            self._out.write("\n")
+            self._out.flush()
+        elif self._written_step != self._step:
+            self._write()
+
+    def line(self) -> str:
+        """The progress as one line of text."""
+        now, step = time.perf_counter(), self._step or 0
+        parts = [f"step {step:,}/{self.total_steps:,}", f"{step / max(self.total_steps, 1):4.0%}",
+                 f"{_clock(self.earlier + now - self._began)} elapsed"]
+        if self._rate_from and step > self._rate_from[1] and step < self.total_steps:
+            per_step = (now - self._rate_from[0]) / (step - self._rate_from[1])
+            parts.append(f"{_clock(per_step * (self.total_steps - step))} left")
+        if self._loss is not None:
+            parts.append(f"loss {float(self._loss):.4f}")
+        if self._dev is not None:
+            parts.append(f"dev {float(self._dev):.4f}")
+        return "  ".join(parts)
+
+    def _write(self) -> None:
+        text = self.line()
+        if self._terminal:  # back to the start of the line, and blank out what is left of the last
+            self._out.write("\r" + text.ljust(self._width))
+            self._width = len(text)
+        else:
+            self._out.write(text + "\n")
+        self._out.flush()
+        self._written, self._written_step = time.perf_counter(), self._step
+
+
+def _clock(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

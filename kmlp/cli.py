@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 
 from ._quiet import silence_tensorflow
 
@@ -113,14 +114,36 @@ def config_from_args(args):
     config = config.replace(**{f: getattr(args, f) for f in names})
     if args.epochs is not None:
         config = config.replace(steps=None)
+    if args.steps is not None or args.epochs is not None:  # a length flag replaces a file's --minutes
+        config = config.replace(minutes=None)
     return config.validate()
 
 
+# How long `kmlp train` trains when nothing says how long: a time budget, so that a newcomer's first
+# run ends in the same time on any machine (a number of steps takes what the machine makes of it).
+DEFAULT_MINUTES = 3.0
+
+
+def train_config_from_args(args):
+    """:func:`config_from_args`, with the length rules of ``kmlp train``: ``--minutes`` or
+    ``--steps``/``--epochs``, never both; with no --preset, --config or length at all,
+    :data:`DEFAULT_MINUTES`."""
+    if args.minutes is not None and (args.steps is not None or args.epochs is not None):
+        raise UsageError("--minutes and --steps/--epochs both set how long the run trains; give one "
+                         "(a --minutes run records in metrics.json the --steps that repeat it exactly)")
+    config = config_from_args(args)
+    if args.minutes is None and args.steps is None and args.epochs is None and args.preset is None \
+            and args.config is None:
+        return config.replace(minutes=DEFAULT_MINUTES).validate()
+    return config
+
+
 def cmd_train(args) -> int:
+    started = time.perf_counter()  # a --minutes budget counts from here: loading TensorFlow included
     from .data import NamesData
     from .runs import check_out_dir, default_run_dir
 
-    config = config_from_args(args)
+    config = train_config_from_args(args)
     if args.samples < 0:
         raise UsageError(f"--samples must be 0 or more, got {args.samples}")
     if args.devices < 0:
@@ -134,7 +157,7 @@ def cmd_train(args) -> int:
 
     strategy = make_strategy(args.strategy, devices=args.devices)
     result = train(config, data=data, out_dir=out, preset_name=args.preset or "default",
-                   verbose=0 if args.quiet else 2, resume=args.resume, strategy=strategy)
+                   verbose=0 if args.quiet else 1, resume=args.resume, strategy=strategy, started=started)
     if args.samples:
         print(f"\n{args.samples} names sampled from the model:")
         for name in sample_names(result.model, result.data.vocab, args.samples, seed=config.seed):
@@ -150,7 +173,13 @@ def add_train_parser(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="run directory to write (default: saved_models/<preset>); "
                    "new, empty, or an earlier run, which is replaced (its exports are kept)")
     p.add_argument("--samples", type=int, default=10, help="names to sample and print at the end (default 10)")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    p.add_argument("--minutes", type=float, metavar="M",
+                   help="time budget for the whole run, evaluations and saving included: the steps are "
+                        "planned from this machine's measured speed, --decay-at milestones scaled to "
+                        "them, and metrics.json records the --steps that repeat the run exactly (default: "
+                        f"{DEFAULT_MINUTES:g} when no --preset, --config, --steps or --epochs is given)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress line (steps done of the total, time elapsed and left, dev loss)")
     g = p.add_argument_group("faults and devices")
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of the same command from its last completed epoch "

@@ -97,6 +97,24 @@ def check_range_test(start_lr, end_lr, num_steps) -> None:
         raise ConfigError(f"--num-steps must be an integer of at least 2, got {num_steps!r}")
 
 
+def check_run_length(steps=200_000, epochs=None, minutes=None, decay_at=()) -> None:
+    """The rules for how long a run trains: ``steps``; or ``epochs`` (passes over the train split)
+    instead; or a time budget, ``minutes``, whose steps are planned on the machine that runs it (with
+    ``steps`` then only the length that the ``decay_at`` milestones are placed for)."""
+    if minutes is None:
+        if epochs is None:
+            check_positive_int(steps, "--steps")
+        else:
+            check_positive_int(epochs, "--epochs")
+        return
+    check_positive_number(minutes, "--minutes")
+    if epochs is not None:
+        raise ConfigError("--minutes and --epochs both set how long the run trains; give one")
+    if decay_at and not (_is_int(steps) and steps >= 1):
+        raise ConfigError(f"--decay-at with --minutes needs --steps, the run length its milestones are "
+                          f"placed for (they are scaled to the planned steps), got {steps!r}")
+
+
 SEARCH_ALGORITHMS = ("hyperband", "random")
 
 
@@ -126,8 +144,10 @@ class Config:
     init: str = "glorot"         # dense weights: glorot, or normal (N(0, 1) as in the lecture)
     # optimisation
     batch_size: int = 32
-    steps: int | None = 200_000  # optimizer steps (ignored when epochs is set)
+    steps: int | None = 200_000  # optimizer steps (ignored when epochs is set; see minutes)
     epochs: int | None = None    # passes over the train split, instead of steps
+    minutes: float | None = None # time budget for the whole run, evaluations and saving included:
+                                 # its steps are planned on the machine (decay_at scaled from steps)
     optimizer: str = "sgd"       # sgd, adam or adamw
     lr: float = 0.1
     weight_decay: float = 0.0    # decoupled weight decay, applied by every optimizer
@@ -149,10 +169,7 @@ class Config:
                             init=self.init)
         check_optimizer_options(self.optimizer, self.lr, self.weight_decay)
         check_positive_int(self.batch_size, "--batch-size")
-        if self.epochs is None:
-            check_positive_int(self.steps, "--steps")
-        else:
-            check_positive_int(self.epochs, "--epochs")
+        check_run_length(self.steps, self.epochs, self.minutes, self.decay_at)
         check_positive_number(self.decay_factor, "--decay-factor")
         if not isinstance(self.decay_at, list) or any(not _is_int(s) or s < 1 for s in self.decay_at):
             raise ConfigError(f"--decay-at takes positive step counts, got {self.decay_at!r}")

@@ -1,13 +1,16 @@
-"""kmlp.callbacks: schedules counted in optimizer steps, the loss-curve recorder, rate options in train()."""
+"""kmlp.callbacks: schedules counted in optimizer steps, the loss-curve recorder, rate options in
+train(), the step timer and the progress line."""
 
 import csv
+import io
 import math
+import re
 
 import keras
 import numpy as np
 import pytest
 
-from kmlp.callbacks import CosineDecay, ElapsedTime, LossCurve, StepDecay
+from kmlp.callbacks import CosineDecay, ElapsedTime, LossCurve, Progress, StepDecay, StepTimer
 from kmlp.config import Config
 from kmlp.data import NamesData
 from kmlp.model import build_model, compile_model, make_optimizer
@@ -146,3 +149,68 @@ def test_elapsed_time_logs_training_seconds_including_earlier_parts():
     logs = {}
     clock.on_epoch_end(0, logs)
     assert 100.0 <= logs["seconds"] < 110.0
+
+
+def test_step_timer_keeps_the_compiling_call_and_the_epochs_apart(tiny_words):
+    model, data = tiny_model(tiny_words)
+    timer = StepTimer()
+    model.fit(data.dataset("train", 8, steps_per_call=5), steps_per_epoch=3, epochs=3, verbose=0,
+              validation_data=data.dataset("dev", 64), callbacks=[timer], shuffle=False)
+    assert (timer.first_steps, timer.steps) == (5, 30)  # 9 calls of 5 steps: 1 compiles, 2 start epochs
+    assert timer.epoch_start_steps == [5, 5] and len(timer.epoch_starts) == 2 and len(timer.epoch_ends) == 3
+    assert all(t > 0 for t in [timer.first_call, timer.seconds, *timer.epoch_starts, *timer.epoch_ends])
+    assert timer.seconds_per_step == pytest.approx(timer.seconds / 30)
+    extra = [start - 5 * timer.seconds_per_step for start in timer.epoch_starts]
+    assert timer.seconds_per_epoch() == pytest.approx(np.mean(timer.epoch_ends[1:]) + np.mean(extra))
+    stopper = StepTimer(min_seconds=0.0)  # stops once a call after the first is timed
+    model.fit(data.dataset("train", 8, steps_per_call=5), steps_per_epoch=10, epochs=1, verbose=0,
+              callbacks=[stopper], shuffle=False)
+    assert (stopper.first_steps, stopper.steps) == (5, 5)
+
+
+class FakeStream(io.StringIO):
+    def __init__(self, terminal: bool):
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self):
+        return self.terminal
+
+
+def fit_with_progress(tiny_words, stream, **kwargs):
+    model, data = tiny_model(tiny_words)
+    model.fit(data.dataset("train", 8, steps_per_call=5), steps_per_epoch=2, epochs=4, verbose=0,
+              validation_data=data.dataset("dev", 64), shuffle=False,
+              callbacks=[Progress(total_steps=40, stream=stream, **kwargs)])
+    return stream.getvalue()
+
+
+def test_progress_rewrites_one_line_on_a_terminal(tiny_words):
+    out = fit_with_progress(tiny_words, FakeStream(terminal=True), refresh=0.0)
+    assert out.endswith("\n") and out.count("\n") == 1  # one line, rewritten in place
+    updates = out.rstrip("\n").split("\r")[1:]
+    assert len(updates) >= 8 + 4  # after every call and every epoch (refresh=0)
+    assert [u.split()[1] for u in updates[:2]] == ["5/40", "10/40"]  # counted in optimizer steps
+    last = updates[-1]
+    assert re.match(r"step 40/40  100%  \d+:\d\d elapsed  loss \d\.\d{4}  dev \d\.\d{4}$", last), last
+    assert all(len(u) >= len(v.rstrip()) for u, v in zip(updates[1:], updates))  # blanks out longer ones
+    assert "left" in updates[1] and "/step" not in out
+
+
+def test_progress_writes_plain_lines_elsewhere(tiny_words):
+    lines = fit_with_progress(tiny_words, FakeStream(terminal=False), every=0.0).splitlines()
+    assert "\r" not in "".join(lines)
+    assert [line.split()[1] for line in lines] == ["10/40", "20/40", "30/40", "40/40"]  # one per epoch
+    assert all(" dev " in line for line in lines) and " left " in lines[1]
+    rare = fit_with_progress(tiny_words, FakeStream(terminal=False), every=3600.0).splitlines()
+    assert [line.split()[1] for line in rare] == ["10/40", "40/40"]  # then only when training ends
+
+
+def test_progress_of_a_resumed_run_counts_from_where_it_is(tiny_words):
+    model, data = tiny_model(tiny_words)
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(30)  # as BackupAndRestore leaves it after 30 of 40 steps
+    stream = FakeStream(terminal=False)
+    model.fit(data.dataset("train", 8, steps_per_call=5), steps_per_epoch=2, epochs=1, verbose=0,
+              shuffle=False, callbacks=[Progress(total_steps=40, stream=stream, earlier=125.0)])
+    assert re.match(r"step 40/40  100%  2:0\d elapsed  loss", stream.getvalue()), stream.getvalue()

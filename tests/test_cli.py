@@ -4,6 +4,7 @@ process through ``cli.main``; one fresh process shows what a user sees), what ea
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from conftest import ROOT, TINY_WORDS, run_cli, train_tiny_run
 
 from kmlp import backup as backups
 from kmlp import cli, runs
-from kmlp.cli import build_parser, config_from_args
+from kmlp.cli import DEFAULT_MINUTES, build_parser, train_config_from_args
 from kmlp.config import Config, ConfigError, preset
 
 TINY_MODEL = ["--block-size", "3", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8",
@@ -26,7 +27,7 @@ NOISE = ("cuda", "oneDNN", "absl", "cpu_feature_guard", "I0000", "W0000", "E0000
 
 
 def train_config(*flags) -> Config:
-    return config_from_args(build_parser().parse_args(["train", *map(str, flags)]))
+    return train_config_from_args(build_parser().parse_args(["train", *map(str, flags)]))
 
 
 def main(capsys, *args):
@@ -55,8 +56,20 @@ def tiny_run(tmp_path_factory):
 # Presets, --config and flags
 
 
-def test_no_flags_means_the_default_preset():
-    assert train_config() == preset("default")
+def test_no_flags_means_the_default_preset_for_a_few_minutes():
+    assert DEFAULT_MINUTES == 3 and train_config() == preset("default").replace(minutes=3)
+    assert train_config("--lr", "0.01") == preset("default").replace(lr=0.01, minutes=3)
+
+
+def test_a_preset_a_config_file_or_a_length_means_steps_unless_minutes_are_asked(tmp_path):
+    assert train_config("--preset", "default") == preset("default")
+    assert train_config("--steps", "100") == preset("default").replace(steps=100)
+    assert train_config("--epochs", "2") == preset("default").replace(steps=None, epochs=2)
+    assert train_config("--preset", "best", "--minutes", "10") == preset("best").replace(minutes=10)
+    run_config = tmp_path / "config.json"  # a --minutes run's config.json holds its planned steps
+    runs.write_json(run_config, {"config": preset("default").replace(minutes=3, steps=3750).to_dict()})
+    assert train_config("--config", run_config).minutes == 3
+    assert train_config("--config", run_config, "--steps", "3750") == preset("default").replace(steps=3750)
 
 
 def test_flags_override_the_preset_and_leave_the_rest():
@@ -101,6 +114,7 @@ def test_the_split_stays_put_when_the_seed_changes():
     (["--dropout", "1.5"], "--dropout must be in"), (["--rdrop", "-1"], "--rdrop"),
     (["--preset", "fast", "--rdrop", "1"], "--rdrop needs --dropout above 0"),
     (["--preset", "huge"], "unknown preset 'huge'; choose one of: best, default, fast, lecture"),
+    (["--minutes", "1"], "--minutes and --steps/--epochs both set how long the run trains; give one"),
     (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
     (["--norm", "group"], "argument --norm: invalid choice"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
@@ -109,6 +123,14 @@ def test_a_bad_training_flag_is_one_line_naming_it(flags, needle, tiny_names_fil
     code, _, err = main(capsys, "train", "--data", tiny_names_file, "--out", tmp_path / "run", *TINY_MODEL, *flags)
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_bad_budget_is_one_line(value, tiny_names_file, tmp_path, capsys):
+    code, _, err = main(capsys, "train", "--data", tiny_names_file, "--out", tmp_path / "run", "--minutes", value)
+    assert_one_line_error(code, err, f"--minutes must be a positive number, got {float(value)!r}")
+    code, _, err = main(capsys, "train", "--minutes", "2", "--epochs", "3")
+    assert_one_line_error(code, err, "--minutes and --steps/--epochs both set how long the run trains")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -141,6 +163,7 @@ def test_a_fresh_process_reports_mistakes_before_loading_tensorflow_and_shows_no
         print(json.dumps({"results": results, "tensorflow": "tensorflow" in sys.modules}))
     """)
     mistakes = [["train", "--data", str(tiny_names_file), "--steps", "0"], ["tune", "--max-minutes", "inf"],
+                ["train", "--data", str(tiny_names_file), "--minutes", "0"],
                 ["lr-find", "--end-lr", "0"], ["train", "--out", str(tiny_names_file)], ["evaluate"],
                 ["sample", "run", "--top-p", "2"], ["sample", "run", "--seed", "1180591620717411303424"],
                 ["sample", "run", "--temperature", "inf"], ["score", "run"], ["export", "run", "--version", "0"],
@@ -251,6 +274,39 @@ def test_a_relative_data_path_still_resolves_from_another_folder(tmp_path, capsy
     (tmp_path / "project" / "names.txt").unlink()
     code, _, err = main(capsys, "evaluate", "project/run")
     assert_one_line_error(code, err, "trained on", str(tmp_path / "project" / "names.txt"), "which is missing")
+
+
+# ---------------------------------------------------------------------------------------------
+# Time budget and progress
+
+
+def test_train_shows_progress_in_optimizer_steps_unless_quiet(tiny_names_file, tmp_path, capsys):
+    code, out, err = main(capsys, "train", "--data", tiny_names_file, "--out", tmp_path / "run", *TINY_MODEL,
+                          "--samples", "0")
+    assert code == 0, err
+    assert re.search(r"^step 40/40  100%  \d+:\d\d elapsed  loss \d\.\d{4}  dev \d\.\d{4}$", out, re.M), out
+    assert "/step" not in out and "\r" not in out  # not Keras's bar; plain lines, as stdout is no terminal
+    code, out, err = main(capsys, "train", "--data", tiny_names_file, "--out", tmp_path / "run", *TINY_MODEL,
+                          "--samples", "0", "--quiet")
+    assert code == 0, err
+    assert "train loss" in out and not re.search(r"^step ", out, re.M)
+
+
+def test_train_minutes_plans_the_steps_and_says_how_to_repeat_them(tiny_names_file, tmp_path, capsys,
+                                                                   monkeypatch):
+    from kmlp import train as training
+
+    monkeypatch.setattr(training, "plan_minutes", lambda config, data, cost: training._scaled(config, 500, 250))
+    flags = [f for f in TINY_MODEL if f not in ("--steps", "40")]
+    code, out, err = main(capsys, "train", "--data", tiny_names_file, "--out", tmp_path / "run", *flags,
+                          "--minutes", "0.5", "--samples", "0", "--quiet")
+    assert code == 0, err
+    assert re.search(r"^planned 500 steps to end in \d+ s of 30 s \(.* steps/s, .*\); --steps 500 in place of "
+                     r"--minutes repeats this run exactly$", out, re.M), out
+    budget = runs.read_json(tmp_path / "run" / "metrics.json")["budget"]
+    assert budget["minutes"] == 0.5 and budget["planned_steps"] == 500 and budget["repeat_with"] == "--steps 500"
+    assert budget["seconds_per_step"] > 0 and budget["seconds_before_training"] > 0
+    assert runs.read_json(tmp_path / "run" / "config.json")["config"]["steps"] == 500
 
 
 # ---------------------------------------------------------------------------------------------

@@ -99,3 +99,14 @@ def test_range_test_and_search_rules():
         check_search(1, float("inf"), 10, 0, "random")
     with pytest.raises(ConfigError, match="--algorithm must be hyperband or random"):
         check_search(1, 1, 10, 0, "grid")
+
+
+def test_run_length_rules():
+    assert preset("lecture").replace(minutes=0.5).validate().steps == 200_000  # where decay_at is placed for
+    Config(steps=None, minutes=1, decay_at=[]).validate()
+    for changes, message in ((dict(minutes=0), "--minutes must be a positive number, got 0"),
+                             (dict(minutes=float("inf")), "--minutes must be a positive number"),
+                             (dict(minutes=1, steps=None, epochs=2), "--minutes and --epochs both set how long"),
+                             (dict(minutes=1, steps=None), "--decay-at with --minutes needs --steps")):
+        with pytest.raises(ConfigError, match=message):
+            Config(**changes).validate()
