@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from . import backup as backups
-from . import plots, runs
+from . import distributed, plots, runs
 from .callbacks import CosineDecay, StepDecay
 from .config import Config, ConfigError
 from .data import NamesData, file_sha256
@@ -83,8 +83,9 @@ def fit_verdict(train_loss: float, dev_loss: float, vocab_size: int) -> str:
 
 
 def make_strategy(name: str = "default", devices: int = 0) -> tf.distribute.Strategy:
-    """A ``tf.distribute`` strategy by name: ``default`` (one device) or ``mirrored`` (a copy of the
-    model on every local device; each minibatch is split between them and the gradients summed).
+    """A ``tf.distribute`` strategy by name: ``default`` (one device), ``mirrored`` (a copy of the
+    model on every local device; each minibatch is split between them and the gradients summed) or
+    ``multi-worker`` (the same over the machines ``TF_CONFIG`` names, see :mod:`kmlp.distributed`).
 
     ``devices`` > 0 first splits the CPU into that many logical devices, so that ``mirrored`` runs
     on a machine without GPUs (for trying it out; on a CPU the copies share the same cores). That
@@ -101,7 +102,9 @@ def make_strategy(name: str = "default", devices: int = 0) -> tf.distribute.Stra
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.MirroredStrategy([d.name for d in gpus or tf.config.list_logical_devices("CPU")])
-    raise ValueError(f"unknown strategy {name!r}; choose default or mirrored")
+    if name == "multi-worker":
+        return distributed.multi_worker_strategy()
+    raise ValueError(f"unknown strategy {name!r}; choose default, mirrored or multi-worker")
 
 
 def build_compiled_model(config: Config, vocab_size: int) -> keras.Model:
@@ -174,7 +177,12 @@ class Setup:
                                  steps_per_call=per_call, start_step=start_step)
 
     def fit(self, callbacks=(), start_epoch: int = 0, validate: bool = True, verbose: int = 0):
-        """``model.fit`` as planned, with the rate schedule first, then ``callbacks``."""
+        """``model.fit`` as planned, with the rate schedule first, then ``callbacks`` (under a
+        MultiWorkerMirroredStrategy, which fit cannot run, :func:`kmlp.distributed.fit` instead)."""
+        if distributed.is_multi_worker(self.strategy):
+            return distributed.fit(self, [*rate_callbacks(self.config, self.plan), *callbacks],
+                                   self.data.dataset("dev", EVAL_BATCH) if validate else None,
+                                   start_epoch, verbose)
         return self.model.fit(
             self.train_dataset(start_step=start_epoch * self.plan.steps_per_epoch),
             steps_per_epoch=self.plan.calls_per_epoch, epochs=self.plan.epochs,
@@ -198,7 +206,7 @@ def prepare(config: Config, data: NamesData, strategy: tf.distribute.Strategy | 
     The configuration is adjusted where it cannot run as given, and the change logged: a batch
     larger than the train split is the whole split; several devices run one optimizer step per call,
     without XLA (the chunked step does not scale the loss per replica, and XLA cannot compile a step
-    whose variables live on several devices).
+    whose variables live on several devices); several workers run chunks without XLA.
     """
     config.validate()
     if data.block_size != config.block_size or data.seed != config.split_seed:
@@ -211,7 +219,9 @@ def prepare(config: Config, data: NamesData, strategy: tf.distribute.Strategy | 
             f"every step uses all of them")
         config = config.replace(batch_size=examples)
     strategy = strategy or tf.distribute.get_strategy()
-    if strategy.num_replicas_in_sync > 1:
+    if distributed.is_multi_worker(strategy):
+        config = config.replace(jit_compile=False)
+    elif strategy.num_replicas_in_sync > 1:
         config = config.replace(steps_per_call=1, jit_compile=False)
     if choose_threads:
         set_op_threads(config, len(data.vocab))
@@ -235,18 +245,23 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
     Every epoch is backed up beside the run (:mod:`kmlp.backup`); if the process dies, the same call
     with ``resume=True`` continues from the last completed epoch, with the same minibatches an
     uninterrupted run would have seen. ``strategy`` (see :func:`make_strategy`) spreads each
-    minibatch over several devices.
+    minibatch over several devices; under a MultiWorkerMirroredStrategy only the chief writes
+    ``out_dir``, and every other worker keeps its own lock and backup beside it
+    (:func:`kmlp.distributed.worker_name`).
     """
     started = time.perf_counter()
     config.validate()
     out_dir = runs.check_out_dir(out_dir or runs.default_run_dir(preset_name or "custom"))
-    with runs.RunLock(out_dir):
+    worker = distributed.worker_name(strategy)  # None: this process writes the run
+    with runs.RunLock(out_dir, worker):
         data = data or NamesData.for_config(data_path, config)
         log(f"data: {data.path}; {data.summary()}")
         setup = prepare(config, data, strategy, log=log)
         log(setup.describe())
-        backup = backups.Backup(out_dir)
-        start_epoch = backup.start(resume, backups.identity(setup.config, data, setup.plan), log)
+        backup = backups.Backup(out_dir, worker)
+        expected = backups.identity(setup.config, data, setup.plan)
+        start_epoch = distributed.agree_on_start(setup.strategy, backup, backup.start(resume, expected, log),
+                                                 expected, log)
         start_loss = evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False).take(1))
         curve, clock, backup_callbacks = backup.callbacks(start_epoch)
         fit_started = time.perf_counter()
@@ -260,13 +275,14 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         fit_seconds = time.perf_counter() - fit_started
         _check_diverged(setup, curve, start_loss, backup, out_dir)
         metrics = _measure(setup, clock, start_epoch, fit_seconds, started)
-        _save_run(setup, out_dir, metrics, curve, backup, preset_name)
+        if worker is None:
+            _save_run(setup, out_dir, metrics, curve, backup, preset_name)
         backup.remove()
     steps_run = setup.plan.steps - start_epoch * setup.plan.steps_per_epoch
     log(f"train loss {metrics['train_loss']:.4f}  dev loss {metrics['dev_loss']:.4f}  "
         f"({steps_run:,} steps in {fit_seconds:.1f} s, {steps_run / max(fit_seconds, 1e-9):,.0f} steps/s)")
     log(fit_verdict(metrics["train_loss"], metrics["dev_loss"], len(data.vocab)))
-    log(f"saved to {out_dir}")
+    log(f"saved to {out_dir}" if worker is None else f"{worker} done; the chief saves the run to {out_dir}")
     return TrainResult(model=setup.model, data=data, config=setup.config, metrics=metrics, out_dir=out_dir,
                        history=history.history)
 
