@@ -142,11 +142,13 @@ def set_op_threads(config: Config, vocab_size: int) -> None:
     trains it faster and with about half the CPU time (see benchmarks/bench_train.py), and the input
     pipeline keeps its own threads. The ``best`` preset's steps (670k weights, batch 1024) are large
     enough that two threads ran them 1.2 to 1.8 times as fast as one here. TensorFlow accepts the setting
-    only before it starts; once it runs, the setting stays as it is.
+    only before it starts; once it runs, the setting stays as it is. With a GPU the model's ops run
+    there, and the CPU's threads are left as TensorFlow sets them.
     """
     weights = count_weights(config, vocab_size)
     rows = config.batch_size * (2 if config.rdrop else 1)  # R-Drop runs each minibatch twice
-    if tf.config.threading.get_intra_op_parallelism_threads() == 0 and weights * rows < PARALLEL_WORK:
+    if (tf.config.threading.get_intra_op_parallelism_threads() == 0 and weights * rows < PARALLEL_WORK
+            and not tf.config.list_physical_devices("GPU")):
         try:
             tf.config.threading.set_intra_op_parallelism_threads(1)
         except RuntimeError:  # TensorFlow already started

@@ -1,6 +1,7 @@
 """Multi-worker training (kmlp.cluster, kmlp.distributed): TF_CONFIG checked before TensorFlow, where
 each worker keeps its files, the training loop against model.fit, and real worker processes on
-127.0.0.1 that train as one process would and resume after being killed."""
+127.0.0.1 that train as one process would and resume after being killed. Also what a GPU machine
+changes (the gpu extra, the thread rule), checked on this CPU machine."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tomllib
 from contextlib import contextmanager
 
 import numpy as np
@@ -339,3 +341,37 @@ def test_workers_stop_together_and_resume_after_a_kill(tiny_names_file, tmp_path
     assert metrics["resumed_at_step"] == 40 and metrics["steps"] == 120
     assert len((out / "history.csv").read_text().splitlines()) == 1 + 6
     assert left_beside(out) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU readiness, checked without a GPU
+
+
+def test_the_gpu_extra_installs_the_same_tensorflow_with_cuda():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    tensorflow = next(d for d in project["dependencies"] if d.startswith("tensorflow=="))
+    assert project["optional-dependencies"]["gpu"] == [tensorflow.replace("tensorflow", "tensorflow[and-cuda]")]
+
+
+def test_one_thread_per_op_is_a_cpu_rule(monkeypatch):
+    import tensorflow as tf
+
+    from kmlp.train import set_op_threads
+
+    calls = []
+    monkeypatch.setattr(tf.config.threading, "get_intra_op_parallelism_threads", lambda: 0)
+    monkeypatch.setattr(tf.config.threading, "set_intra_op_parallelism_threads", calls.append)
+    set_op_threads(Config(), vocab_size=27)  # the lecture's model on this machine, which has no GPU
+    assert calls == [1] and tf.config.list_physical_devices("GPU") == []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+    set_op_threads(Config(), vocab_size=27)
+    assert calls == [1]  # with a GPU, threads are left as TensorFlow sets them
+
+
+def test_strategies_by_name_without_a_gpu():
+    from kmlp.train import make_strategy
+
+    mirrored = make_strategy("mirrored")
+    assert mirrored.num_replicas_in_sync == 1 and "CPU" in mirrored.extended.worker_devices[0]
+    with pytest.raises(ValueError, match="default, mirrored or multi-worker"):
+        make_strategy("ring")
