@@ -15,8 +15,9 @@ gets the train, epoch, batch and test hooks with ``loss`` and ``val_loss`` in th
 Where a multi-worker training differs from one process:
 
 - One Keras "batch" is one compiled call of ``plan.steps_per_call`` optimizer steps (a ``tf.range``
-  loop over the distributed iterator), as a chunk is for ``CharMLP.train_step``; the step is not
-  compiled with XLA (its gradients are all-reduced between workers inside the step).
+  loop over the distributed iterator), as a chunk is for ``CharMLP.train_step``. The call is not
+  compiled with XLA: it holds the collective all-reduce of the gradients, which XLA does not
+  compile on a CPU.
 - R-Drop doubles each replica's share; the loss per example is the mean cross-entropy of its two
   passes plus ``rdrop`` times their divergence, which averages to ``CharMLP.compute_loss``'s loss.
 - Batch normalisation normalises each replica's share by its own statistics, as ``fit`` does under
