@@ -31,11 +31,11 @@ WEIGHTS_FILE = "latest.weights.h5"
 CURVE_FILE = "curve.csv"
 
 
-def backup_dir(out_dir) -> Path:
+def backup_dir(out_dir, worker: str | None = None) -> Path:
     """Where training keeps its last completed epoch until the run is published: a hidden folder
-    beside ``out_dir`` (``saved_models/.default.backup`` for ``saved_models/default``)."""
-    out_dir = Path(out_dir)
-    return out_dir.parent / f".{out_dir.name}.backup"
+    beside ``out_dir`` (``saved_models/.default.backup`` for ``saved_models/default``; a multi-worker
+    training's ``worker`` other than the chief keeps its own, ``.default.worker-1.backup``)."""
+    return runs.beside(out_dir, "backup", worker)
 
 
 def identity(config, data: NamesData, plan) -> dict:
@@ -52,8 +52,8 @@ class Backup:
     """The backup folder of one run. :meth:`start` checks or creates it and says which epoch training
     starts at; :meth:`callbacks` are what ``fit`` needs to keep it; :meth:`remove` deletes it."""
 
-    def __init__(self, out_dir):
-        self.path = backup_dir(out_dir)
+    def __init__(self, out_dir, worker: str | None = None):
+        self.path = backup_dir(out_dir, worker)
         self.history = self.path / runs.HISTORY_FILE
         self.curve = self.path / CURVE_FILE
 
@@ -99,6 +99,19 @@ class Backup:
             rows = self.curve.read_text(encoding="utf-8").splitlines(keepends=True)
             kept = rows[:1] + [r for r in rows[1:] if int(r.split(",", 1)[0]) <= step]
             self.curve.write_text("".join(kept), encoding="utf-8")
+
+    def go_back(self, epoch: int, step: int) -> bool:
+        """Put back the epoch before the last one, if it is ``epoch`` (ending at optimizer step
+        ``step``), for a multi-worker training whose other workers did not back up the last one
+        (BackupAndRestore's ``double_checkpoint`` keeps it in ``*.bkp``); False if it is not there."""
+        if epoch == 0:  # the only epoch it holds goes: the training starts over
+            for name in (METADATA_FILE, WEIGHTS_FILE):
+                for path in (self.path / name, Path(f"{self.path / name}.bkp")):
+                    path.unlink(missing_ok=True)
+        elif put_back_previous(self.path, only_epoch=epoch) is None:
+            return False
+        self._trim(epoch, step)
+        return True
 
     def seconds_done(self) -> float:
         """Training time of the epochs the backup holds (0 for a fresh start)."""
@@ -155,16 +168,25 @@ def repair(backup: Path) -> int | None:
     already handled by Keras, which falls back to the ``*.bkp`` weights). With no previous pair, the
     first epoch never finished saving, and the metadata goes, so the run starts over.
     """
-    backup = Path(backup)
-    metadata, weights = backup / METADATA_FILE, backup / WEIGHTS_FILE
+    metadata = Path(backup) / METADATA_FILE
     epoch = epoch_of(metadata)
     if epoch is not None or not metadata.exists():
         return epoch
+    previous_epoch = put_back_previous(backup)
+    if previous_epoch is None:
+        metadata.unlink()
+    return previous_epoch
+
+
+def put_back_previous(backup: Path, only_epoch: int | None = None) -> int | None:
+    """Put the pair BackupAndRestore saved before the last (``*.bkp``, kept by its
+    ``double_checkpoint``) in place of the last; returns its epoch. Nothing changes, and None is
+    returned, if there is no such pair or (with ``only_epoch``) it holds another epoch."""
+    metadata, weights = Path(backup) / METADATA_FILE, Path(backup) / WEIGHTS_FILE
     previous_metadata, previous_weights = (Path(f"{p}.bkp") for p in (metadata, weights))
-    previous_epoch = epoch_of(previous_metadata)
-    if previous_epoch is not None and previous_weights.exists():
-        shutil.copyfile(previous_weights, weights)
-        shutil.copyfile(previous_metadata, metadata)
-        return previous_epoch
-    metadata.unlink()
-    return None
+    epoch = epoch_of(previous_metadata)
+    if epoch is None or not previous_weights.exists() or only_epoch not in (None, epoch):
+        return None
+    shutil.copyfile(previous_weights, weights)
+    shutil.copyfile(previous_metadata, metadata)
+    return epoch

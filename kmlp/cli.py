@@ -148,6 +148,13 @@ def cmd_train(args) -> int:
         raise UsageError(f"--samples must be 0 or more, got {args.samples}")
     if args.devices < 0:
         raise UsageError(f"--devices must be 0 (as the machine has them) or more, got {args.devices}")
+    if args.strategy == "multi-worker":
+        if args.devices:
+            raise UsageError("--devices applies to --strategy mirrored; each worker of --strategy "
+                             "multi-worker uses its GPUs, else its CPU")
+        from .cluster import read_tf_config
+
+        read_tf_config()
     # Flags, output folder and data are checked before TensorFlow loads, so mistakes show at once.
     out = check_out_dir(args.out or default_run_dir(args.preset or "default"))
     data = NamesData.for_config(args.data, config)
@@ -184,9 +191,11 @@ def add_train_parser(sub) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of the same command from its last completed epoch "
                         "(backed up in a hidden folder beside --out); starts afresh if there is none")
-    g.add_argument("--strategy", choices=["default", "mirrored"], default="default",
+    g.add_argument("--strategy", choices=["default", "mirrored", "multi-worker"], default="default",
                    help="default: one device; mirrored: a model copy per local device (GPUs, else the "
-                        "--devices logical CPUs), each minibatch split between them")
+                        "--devices logical CPUs), each minibatch split between them; multi-worker: the "
+                        "same over the machines named by the TF_CONFIG environment variable (run the "
+                        "same command on each; worker 0 saves the run)")
     g.add_argument("--devices", type=int, default=0,
                    help="split the CPU into this many logical devices (to run --strategy mirrored "
                         "without GPUs; default 0: devices as they are)")
@@ -666,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run one command; every mistake in the input is one line on stderr and exit status 2."""
+    from .cluster import ClusterError
     from .config import ConfigError
     from .data import DataError
     from .runs import RunError, TrainingDiverged  # (importing kmlp.train would load TensorFlow)
@@ -678,7 +688,7 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         silence_tensorflow()
         return args.func(args)
-    except (DataError, ConfigError, RunError, UsageError, TrainingDiverged) as e:
+    except (DataError, ConfigError, RunError, UsageError, TrainingDiverged, ClusterError) as e:
         print(f"kmlp: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

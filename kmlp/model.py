@@ -53,13 +53,17 @@ class CharMLP(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         if training and self.rdrop:
-            # The batch was doubled (see _twice): rows i and B + i are one example under two masks.
-            log_p, log_q = tf.split(tf.nn.log_softmax(y_pred), 2, axis=0)
-            kl_both_ways = tf.reduce_sum((tf.exp(log_p) - tf.exp(log_q)) * (log_p - log_q), axis=-1)
-            loss = loss + self.rdrop * 0.5 * tf.reduce_mean(kl_both_ways)
+            loss = loss + self.rdrop * tf.reduce_mean(self.rdrop_divergence(y_pred))
         return loss
 
-    def _twice(self, *tensors):
+    @staticmethod
+    def rdrop_divergence(y_pred):
+        """Per example of a doubled batch (see :meth:`rdrop_batch`: rows i and B + i are one example
+        under two dropout masks), half the symmetric KL divergence between its two predictions."""
+        log_p, log_q = tf.split(tf.nn.log_softmax(y_pred), 2, axis=0)
+        return 0.5 * tf.reduce_sum((tf.exp(log_p) - tf.exp(log_q)) * (log_p - log_q), axis=-1)
+
+    def rdrop_batch(self, *tensors):
         """Each tensor (or None) stacked on itself along the batch axis, when training with R-Drop."""
         if not self.rdrop:
             return tensors
@@ -68,11 +72,11 @@ class CharMLP(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if x.shape.rank != 3 or sample_weight is not None:
-            return super().train_step(self._twice(x, y, sample_weight))
+            return super().train_step(self.rdrop_batch(x, y, sample_weight))
         steps = tf.shape(x)[0]
 
         def one_step(i):
-            xb, yb = self._twice(x[i], y[i])
+            xb, yb = self.rdrop_batch(x[i], y[i])
             with tf.GradientTape() as tape:
                 y_pred = self(xb, training=True)
                 loss = self._compute_loss(x=xb, y=yb, y_pred=y_pred, training=True)

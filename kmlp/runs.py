@@ -14,7 +14,9 @@ at once, never put over files kmlp did not write, and read back with checks.
 
 Beside DIR, while a process works on it: ``.DIR.lock`` (who holds the run), ``.DIR.backup/`` (the
 last completed epoch of a training, see :mod:`kmlp.backup`) and ``.DIR.partial-*`` (a run being
-written). Files and folders are created with the permissions the user's umask gives.
+written); a worker of a multi-worker training other than the chief, which never writes DIR, keeps
+its own ``.DIR.worker-1.lock`` and ``.DIR.worker-1.backup/`` (see :func:`beside`). Files and
+folders are created with the permissions the user's umask gives.
 """
 
 from __future__ import annotations
@@ -151,6 +153,14 @@ def check_writable(folder) -> Path:
     return folder
 
 
+def beside(out_dir, what: str, worker: str | None = None) -> Path:
+    """A hidden path beside ``out_dir`` for ``what`` (``lock``, ``backup``): ``.DIR.lock`` for the
+    process that writes the run, ``.DIR.worker-1.lock`` for a multi-worker training's ``worker``
+    other than the chief (see :mod:`kmlp.cluster`), so that workers sharing a folder never collide."""
+    out_dir = Path(os.path.abspath(out_dir))
+    return out_dir.parent / ".".join(["", out_dir.name, *([worker] if worker else []), what])
+
+
 class RunLock:
     """Only one kmlp process at a time writes a run (training, evaluating, exporting) or another output
     folder: an exclusive ``flock`` on a hidden file beside it, which the operating system releases when
@@ -158,12 +168,14 @@ class RunLock:
 
     >>> with RunLock("saved_models/default"):
     ...     ...  # a second process gets RunError naming this one's pid and command
+
+    ``worker`` names a multi-worker training's worker other than the chief: it locks its own file
+    (:func:`beside`), so that it never blocks the chief or another worker sharing the folder.
     """
 
-    def __init__(self, out_dir):
-        out_dir = Path(os.path.abspath(out_dir))
-        self.out_dir = out_dir
-        self.path = out_dir.parent / f".{out_dir.name}.lock"
+    def __init__(self, out_dir, worker: str | None = None):
+        self.out_dir = Path(os.path.abspath(out_dir))
+        self.path = beside(out_dir, "lock", worker)
         self._fd = None
 
     def __enter__(self) -> "RunLock":

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from . import backup as backups
-from . import plots, runs
+from . import distributed, plots, runs
 from .callbacks import (CosineDecay, LossCurve, Progress, StepDecay, StepTimer, restore_training_state,
                         training_state)
 from .config import Config, ConfigError
@@ -85,8 +85,9 @@ def fit_verdict(train_loss: float, dev_loss: float, vocab_size: int) -> str:
 
 
 def make_strategy(name: str = "default", devices: int = 0) -> tf.distribute.Strategy:
-    """A ``tf.distribute`` strategy by name: ``default`` (one device) or ``mirrored`` (a copy of the
-    model on every local device; each minibatch is split between them and the gradients summed).
+    """A ``tf.distribute`` strategy by name: ``default`` (one device), ``mirrored`` (a copy of the
+    model on every local device; each minibatch is split between them and the gradients summed) or
+    ``multi-worker`` (the same over the machines ``TF_CONFIG`` names, see :mod:`kmlp.distributed`).
 
     ``devices`` > 0 first splits the CPU into that many logical devices, so that ``mirrored`` runs
     on a machine without GPUs (for trying it out; on a CPU the copies share the same cores). That
@@ -103,7 +104,9 @@ def make_strategy(name: str = "default", devices: int = 0) -> tf.distribute.Stra
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.MirroredStrategy([d.name for d in gpus or tf.config.list_logical_devices("CPU")])
-    raise ValueError(f"unknown strategy {name!r}; choose default or mirrored")
+    if name == "multi-worker":
+        return distributed.multi_worker_strategy()
+    raise ValueError(f"unknown strategy {name!r}; choose default, mirrored or multi-worker")
 
 
 def build_compiled_model(config: Config, vocab_size: int) -> keras.Model:
@@ -141,7 +144,8 @@ def set_op_threads(config: Config, vocab_size: int) -> None:
     trains it faster and with about half the CPU time (see benchmarks/bench_train.py), and the input
     pipeline keeps its own threads. The ``best`` preset's steps (670k weights, batch 1024) are large
     enough that two threads ran them 1.2 to 1.8 times as fast as one here. TensorFlow accepts the setting
-    only before it starts; once it runs, the setting stays as it is.
+    only before it starts; once it runs, the setting stays as it is. With a GPU the model's ops run
+    there, and the CPU's threads are left as TensorFlow sets them.
     """
     small = step_work(config, vocab_size) < PARALLEL_WORK
     if tf.config.threading.get_intra_op_parallelism_threads() == 0 and small:
@@ -181,7 +185,12 @@ class Setup:
                                  steps_per_call=per_call, start_step=start_step)
 
     def fit(self, callbacks=(), start_epoch: int = 0, validate: bool = True, verbose: int = 0):
-        """``model.fit`` as planned, with the rate schedule first, then ``callbacks``."""
+        """``model.fit`` as planned, with the rate schedule first, then ``callbacks`` (under a
+        MultiWorkerMirroredStrategy, which fit cannot run, :func:`kmlp.distributed.fit` instead)."""
+        if distributed.is_multi_worker(self.strategy):
+            return distributed.fit(self, [*rate_callbacks(self.config, self.plan), *callbacks],
+                                   self.data.dataset("dev", EVAL_BATCH) if validate else None,
+                                   start_epoch, verbose)
         return self.model.fit(
             self.train_dataset(start_step=start_epoch * self.plan.steps_per_epoch),
             steps_per_epoch=self.plan.calls_per_epoch, epochs=self.plan.epochs,
@@ -205,7 +214,7 @@ def prepare(config: Config, data: NamesData, strategy: tf.distribute.Strategy | 
     The configuration is adjusted where it cannot run as given, and the change logged: a batch
     larger than the train split is the whole split; several devices run one optimizer step per call,
     without XLA (the chunked step does not scale the loss per replica, and XLA cannot compile a step
-    whose variables live on several devices).
+    whose variables live on several devices); several workers run chunks without XLA.
     """
     config.validate()
     if data.block_size != config.block_size or data.seed != config.split_seed:
@@ -218,7 +227,9 @@ def prepare(config: Config, data: NamesData, strategy: tf.distribute.Strategy | 
             f"every step uses all of them")
         config = config.replace(batch_size=examples)
     strategy = strategy or tf.distribute.get_strategy()
-    if strategy.num_replicas_in_sync > 1:
+    if distributed.is_multi_worker(strategy):
+        config = config.replace(jit_compile=False)
+    elif strategy.num_replicas_in_sync > 1:
         config = config.replace(steps_per_call=1, jit_compile=False)
     if choose_threads:
         set_op_threads(config, len(data.vocab))
@@ -402,6 +413,9 @@ def fit_to_budget(setup: Setup, backup: backups.Backup, resume: bool, started: f
     :func:`plan_minutes`), and the record of the plan for metrics.json. A resumed run keeps the
     steps it planned, kept with its backup."""
     request = setup.config
+    if distributed.is_multi_worker(setup.strategy):
+        raise ConfigError("--minutes plans the steps from one process's speed; with --strategy multi-worker "
+                          "give every worker the same --steps")
     kept = _kept_plan(backup, request) if resume else None
     if kept:
         planned, record = kept, {}
@@ -436,7 +450,9 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
     Every epoch is backed up beside the run (:mod:`kmlp.backup`); if the process dies, the same call
     with ``resume=True`` continues from the last completed epoch, with the same minibatches an
     uninterrupted run would have seen. ``strategy`` (see :func:`make_strategy`) spreads each
-    minibatch over several devices.
+    minibatch over several devices; under a MultiWorkerMirroredStrategy only the chief writes
+    ``out_dir``, and every other worker keeps its own lock and backup beside it
+    (:func:`kmlp.distributed.worker_name`).
 
     With ``config.minutes`` the steps are planned so that the whole call ends within that many
     minutes, counted from ``started`` (a ``time.perf_counter()`` value; default: now), see
@@ -446,16 +462,19 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
     started = time.perf_counter() if started is None else started
     config.validate()
     out_dir = runs.check_out_dir(out_dir or runs.default_run_dir(preset_name or "custom"))
-    with runs.RunLock(out_dir):
+    worker = distributed.worker_name(strategy)  # None: this process writes the run
+    with runs.RunLock(out_dir, worker):
         data = data or NamesData.for_config(data_path, config)
         log(f"data: {data.path}; {data.summary()}")
         setup = prepare(config, data, strategy, log=log)
         start_loss = evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False).take(1))
-        backup = backups.Backup(out_dir)
+        backup = backups.Backup(out_dir, worker)
         setup, budget = (setup, None) if config.minutes is None else \
             fit_to_budget(setup, backup, resume, started, preset_name, log)
         log(setup.describe())
-        start_epoch = backup.start(resume, backups.identity(setup.config, data, setup.plan), log)
+        expected = backups.identity(setup.config, data, setup.plan)
+        start_epoch = distributed.agree_on_start(setup.strategy, backup, backup.start(resume, expected, log),
+                                                 expected, log)
         curve, clock, backup_callbacks = backup.callbacks(start_epoch)
         progress = [Progress(setup.plan.steps, earlier=clock.earlier)] if verbose else []
         fit_started = time.perf_counter()
@@ -471,14 +490,18 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         metrics = _measure(setup, clock, start_epoch, fit_seconds, started)
         if budget:
             metrics["budget"] = budget
-        _save_run(setup, out_dir, metrics, curve, backup, preset_name)
+        if worker is None:
+            _save_run(setup, out_dir, metrics, curve, backup, preset_name)
         backup.remove()
     steps_run = setup.plan.steps - start_epoch * setup.plan.steps_per_epoch
     log(f"train loss {metrics['train_loss']:.4f}  dev loss {metrics['dev_loss']:.4f}  "
         f"({steps_run:,} steps in {fit_seconds:.1f} s, {steps_run / max(fit_seconds, 1e-9):,.0f} steps/s)")
     log(fit_verdict(metrics["train_loss"], metrics["dev_loss"], len(data.vocab)))
-    log(f"saved to {out_dir}" + (f" ({time.perf_counter() - started:.1f} s in all, for a budget of "
-                                 f"{config.minutes * 60:g} s)" if budget else ""))
+    if worker is not None:
+        log(f"{worker} done; the chief saves the run to {out_dir}")
+    else:
+        log(f"saved to {out_dir}" + (f" ({time.perf_counter() - started:.1f} s in all, for a budget of "
+                                     f"{config.minutes * 60:g} s)" if budget else ""))
     return TrainResult(model=setup.model, data=data, config=setup.config, metrics=metrics, out_dir=out_dir,
                        history=history.history)
 
