@@ -148,7 +148,8 @@ def set_op_threads(config: Config, vocab_size: int) -> None:
     there, and the CPU's threads are left as TensorFlow sets them.
     """
     small = step_work(config, vocab_size) < PARALLEL_WORK
-    if tf.config.threading.get_intra_op_parallelism_threads() == 0 and small:
+    if (tf.config.threading.get_intra_op_parallelism_threads() == 0 and small
+            and not tf.config.list_physical_devices("GPU")):
         try:
             tf.config.threading.set_intra_op_parallelism_threads(1)
         except RuntimeError:  # TensorFlow already started

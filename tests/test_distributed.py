@@ -164,8 +164,8 @@ def test_the_multi_worker_loop_trains_exactly_as_fit_does(tmp_path, monkeypatch)
                     jit_compile=False)
     data = NamesData.from_words(TINY_WORDS, block_size=3)
     fitted = train(config, data=data, out_dir=tmp_path / "fit", **QUIET)
-    looped = train(config, data=data, out_dir=tmp_path / "loop", strategy=tf.distribute.MultiWorkerMirroredStrategy(),
-                   **QUIET)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    looped = train(config, data=data, out_dir=tmp_path / "loop", strategy=strategy, **QUIET)
     assert len(fitted.history["loss"]) == 3  # (the means differ in float32 rounding only)
     assert looped.history["loss"] == pytest.approx(fitted.history["loss"], rel=1e-6)
     assert looped.history["lr"] == fitted.history["lr"] == pytest.approx([0.01, 0.01, 0.001])
@@ -176,6 +176,9 @@ def test_the_multi_worker_loop_trains_exactly_as_fit_does(tmp_path, monkeypatch)
         assert (tmp_path / run / "model.keras").is_file() and not (tmp_path / f".{run}.backup").exists()
     rows = (tmp_path / "loop" / "history.csv").read_text().splitlines()
     assert rows[0].split(",") == ["epoch", "loss", "lr", "seconds", "val_loss"] and len(rows) == 4
+    with pytest.raises(ConfigError, match="--minutes plans the steps from one process's speed"):
+        train(config.replace(minutes=1.0), data=data, out_dir=tmp_path / "budget", strategy=strategy, **QUIET)
+    assert not (tmp_path / "budget" / "model.keras").exists()
 
 
 def test_the_loop_stops_where_a_callback_says(monkeypatch):
