@@ -109,7 +109,7 @@ def throughput(args) -> int:
     if not args.skip_torch and not use_torch:
         print("torch is not installed: PyTorch part skipped (pip install -e '.[bench]')")
     if use_torch:  # the same splits and example arrays that kmlp trains on
-        data = NamesData.from_file(args.data, block_size=3, seed=args.seed)
+        data = NamesData.from_file(args.data, block_size=3, split_seed=args.seed)
     print(f"lecture recipe: {args.steps:,} steps at batch 32, SGD 0.1 -> 0.01 at step "
           f"{args.steps // 2:,}; {args.repeats} repeat(s); {os.cpu_count()} CPU cores; load average "
           f"{os.getloadavg()[0]:.2f}")
@@ -191,7 +191,7 @@ def time_to_quality(args) -> int:
 
     from kmlp.data import NamesData
 
-    data = NamesData.from_file(args.data, block_size=3, seed=args.seed)
+    data = NamesData.from_file(args.data, block_size=3, split_seed=args.seed)
     t = train_lecture(data, steps=args.steps, threads=args.torch_threads, eval_every=args.eval_every,
                       target=args.target)
     if args.target in t.reached:

@@ -157,7 +157,7 @@ def cmd_evaluate(args) -> int:
     loss = evaluate_loss(run.model, data.dataset(args.split, EVAL_BATCH, shuffle=False))
     update_metrics(run.path, **{f"{args.split}_loss": loss})
     print(f"{args.split} loss {loss:.4f} ({data.num_examples(args.split):,} examples, "
-          f"{len(data.words[args.split]):,} names); recorded in {run.path / 'metrics.json'}")
+          f"{data.num_names(args.split):,} names); recorded in {run.path / 'metrics.json'}")
     return 0
 
 

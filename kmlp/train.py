@@ -7,7 +7,6 @@ and writes the run directory (see :mod:`kmlp.runs`) only once everything has suc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -280,9 +279,8 @@ def _diverged(what: str, config: Config, backup: Path, out_dir: Path):
 
 def _backup_identity(config: Config, data: NamesData, plan: Plan) -> dict:
     """What a backup must match to be resumed: the configuration, the plan and the training names."""
-    train_names = "\n".join(data.words["train"]).encode("utf-8")
     return {"config": config.to_dict(), "plan": asdict(plan), "data": str(data.path),
-            "train_sha256": hashlib.sha256(train_names).hexdigest()}
+            "train_sha256": data.digest("train")}
 
 
 def _prepare_backup(backup: Path, resume: bool, identity: dict, log) -> int:

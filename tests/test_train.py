@@ -58,7 +58,7 @@ def test_train_writes_a_complete_run(tiny_names_file, tmp_path):
     assert rows and {"loss", "val_loss", "lr"} <= set(rows[0])
     run = load_run(out)
     assert run.vocab == result.data.vocab and run.config == config
-    x = result.data.arrays["dev"][0]
+    x = result.data.examples("dev")[0]
     for saved, trained in zip(run.model.get_weights(), result.model.get_weights()):
         np.testing.assert_array_equal(saved, trained)
     np.testing.assert_array_equal(run.model(x, training=False), result.model(x, training=False))
