@@ -647,6 +647,15 @@ class NamesData:
         h.update(memoryview(np.ascontiguousarray(self.streams[split])).cast("B"))
         return h.hexdigest()
 
+    def sample_examples(self, split: str, size: int) -> np.ndarray | None:
+        """Indices of ``size`` examples of ``split``, each drawn at random (independently, so one
+        may come twice; memory of the sample's size, whatever the split's), in order: the same ones
+        for the same data and ``split_seed``. None when the split has no more than ``size``."""
+        n = self.num_examples(split)
+        if size >= n:
+            return None
+        return np.sort(np.random.default_rng(self.split_seed).integers(0, n, size))
+
     def examples(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Every example of ``split`` as arrays, ``X`` int32 [N, block_size] and ``y`` int32 [N], in
         order (for small data: this is the memory that :meth:`dataset` avoids)."""
@@ -654,13 +663,14 @@ class NamesData:
         return x.numpy(), y.numpy()
 
     def dataset(self, split: str, batch_size: int, shuffle: bool | None = None, seed: int = 42,
-                first_epoch: int = 0, steps_per_call: int = 1, start_step: int = 0):
+                first_epoch: int = 0, steps_per_call: int = 1, start_step: int = 0, sample: int | None = None):
         """A ``tf.data.Dataset`` of ``(context, next_index)`` minibatches for ``split``.
 
         The train split is shuffled afresh every epoch and repeats forever (give ``model.fit`` a
         ``steps_per_epoch``); ``seed`` (the run's seed, not the split's) sets the order. The other
-        splits, and the train split with ``shuffle=False``, go once, in order. See :func:`make_dataset`
-        for the order and the other arguments.
+        splits, and the train split with ``shuffle=False``, go once, in order; with ``sample=N``, only
+        a fixed random choice of N of its examples (:meth:`sample_examples`), or all when it has no
+        more. See :func:`make_dataset` for the order and the other arguments.
 
         Each minibatch is cut from the split's token stream: example k is token k + 1 with the
         ``block_size`` tokens before it as context, those before its name's first character set to
@@ -669,11 +679,14 @@ class NamesData:
         import tensorflow as tf
 
         shuffle = split == "train" if shuffle is None else shuffle
+        if sample is not None and shuffle:
+            raise ValueError("sample= takes a fixed choice of examples, for an unshuffled pass")
         if split not in self._tensors:
             self._tensors[split] = tf.constant(self.streams[split])
+        index = None if sample is None else self.sample_examples(split, sample)
         order = _example_order(self.num_examples(split), batch_size, shuffle=shuffle, repeat=shuffle,
                                seed=seed, first_epoch=first_epoch, steps_per_call=steps_per_call,
-                               start_step=start_step)
+                               start_step=start_step, index=index)
         return order.map(_window_cutter(self._tensors[split], self.block_size),
                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 

@@ -25,6 +25,7 @@ from .data import NamesData
 from .model import build_model, compile_model, make_optimizer
 
 EVAL_BATCH = 4096
+TRAIN_LOSS_EXAMPLES = 250_000  # a larger train split is scored on a fixed sample of this many examples
 MAX_STEPS_PER_CALL = 250
 
 
@@ -225,13 +226,17 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         steps_done = int(model.optimizer.iterations.numpy())  # (int() fails on a MirroredVariable)
         if not all(math.isfinite(v) for v in losses) or steps_done < plan.steps:
             _diverged(f"loss became NaN or infinite at step {steps_done:,}", config, backup, out_dir)
-        train_loss = evaluate_loss(model, data.dataset("train", EVAL_BATCH, shuffle=False))
+        train_loss = evaluate_loss(model, data.dataset("train", EVAL_BATCH, shuffle=False,
+                                                       sample=TRAIN_LOSS_EXAMPLES))
+        train_examples = min(data.num_examples("train"), TRAIN_LOSS_EXAMPLES)
         if not train_loss <= math.log(len(data.vocab)):  # NaN compares False too
             _diverged(f"train loss {train_loss:.4g} is worse than a uniform guess, "
                       f"{math.log(len(data.vocab)):.2f}", config, backup, out_dir)
         dev_loss = evaluate_loss(model, dev_ds)
         metrics = {
             "train_loss": train_loss,
+            "train_loss_examples": train_examples,  # all of the split's, or a fixed random sample
+            "train_examples": data.num_examples("train"),
             "dev_loss": dev_loss,
             "steps": steps_done,
             "seconds": round(fit_seconds, 3),
@@ -263,7 +268,9 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         raise
     shutil.rmtree(backup, ignore_errors=True)
     steps_run = plan.steps - start_step
-    log(f"train loss {train_loss:.4f}  dev loss {dev_loss:.4f}  "
+    sampled = "" if train_examples == data.num_examples("train") else \
+        f" (on a fixed sample of {train_examples:,} of {data.num_examples('train'):,} examples)"
+    log(f"train loss {train_loss:.4f}{sampled}  dev loss {dev_loss:.4f}  "
         f"({steps_run:,} steps in {fit_seconds:.1f} s, {steps_run / max(fit_seconds, 1e-9):,.0f} steps/s)")
     log(fit_verdict(train_loss, dev_loss))
     log(f"saved to {out_dir}")

@@ -191,6 +191,24 @@ def test_the_order_follows_the_runs_seed_not_the_split_seed():
     assert first_targets() == first_targets(seed=42) != first_targets(seed=7)
 
 
+def test_a_fixed_sample_of_examples_for_the_train_loss(tiny_names_file):
+    data = NamesData.from_file(tiny_names_file, block_size=3, split_seed=1)
+    n = data.num_examples("train")
+    chosen = data.sample_examples("train", 50)
+    assert len(chosen) == 50 and (np.diff(chosen) >= 0).all() and 0 <= chosen[0] and chosen[-1] < n
+    assert len(set(chosen.tolist())) > 40  # drawn across the split
+    np.testing.assert_array_equal(chosen, data.sample_examples("train", 50))  # fixed
+    X, y = data.examples("train")
+    batches = list(data.dataset("train", 16, shuffle=False, sample=50))
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), X[chosen])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y[chosen])
+    assert data.sample_examples("train", n) is None  # a split no larger than the sample: all of it
+    whole = np.concatenate([t for _, t in data.dataset("train", 16, shuffle=False, sample=n)])
+    np.testing.assert_array_equal(whole, y)
+    with pytest.raises(ValueError, match="unshuffled"):
+        data.dataset("train", 16, sample=50)
+
+
 def test_names_are_decoded_only_when_asked_and_only_kept_splits_remain():
     data = NamesData.from_words(ODD_WORDS, block_size=3)
     assert data.words._decoded == {}  # nothing decoded for training
