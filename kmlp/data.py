@@ -19,6 +19,7 @@ bytes, with every check of :func:`load_words`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import unicodedata
@@ -38,6 +39,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = PROJECT_ROOT / "data" / "names.txt"
 SPLITS = ("train", "dev", "test")
 
+logger = logging.getLogger(__name__)
+
 
 class DataError(ValueError):
     """The data file cannot be used; the message names the file (and line where it applies)."""
@@ -48,6 +51,7 @@ class DataError(ValueError):
 
 
 MAX_NAME_LENGTH = 1000  # a longer line is not a name: a file without line breaks, or not a names file
+TABLE_SEPARATORS = ",;|"  # in most lines of a file, one of these makes it look like a table
 
 
 def load_words(path: str | os.PathLike) -> list[str]:
@@ -62,6 +66,8 @@ def load_words(path: str | os.PathLike) -> list[str]:
     Anything that makes the file unusable raises :class:`DataError` with a one-line message naming
     the file (and the line): a missing or unreadable path, a directory, no names at all, bytes that
     are not UTF-8, control characters (a tab: a TSV file?) or a line over ``MAX_NAME_LENGTH``.
+    A file whose lines mostly hold a ``,``, ``;`` or ``|`` (a CSV table?) is read as it is, with a
+    one-line warning (logged by ``kmlp.data``).
     """
     return read_file(path).texts()
 
@@ -160,6 +166,7 @@ def read_file(path: str | os.PathLike) -> Names:
     names = _scan(path, raw)
     if not len(names):
         raise DataError(f"{path}: no names in the file (it is empty or holds only blank lines)")
+    _warn_if_table(path, names)
     return names
 
 
@@ -240,6 +247,19 @@ def _first_bad_line(codes, starts, ends) -> int | None:
         line = np.searchsorted(starts, controls, side="right") - 1
         bad += line[(line >= 0) & (controls < ends[line])][:1].tolist()
     return min(bad, default=None)
+
+
+def _warn_if_table(path: Path, names: Names) -> None:
+    """Warn when most names hold the same table separator: a CSV file is read whole, and its
+    separators and columns become characters of the names."""
+    for sep in TABLE_SEPARATORS:
+        name = _name_at(names, np.flatnonzero(names.codes == ord(sep)))
+        holding = np.unique(name[name >= 0]).size
+        if holding > len(names) / 2:
+            logger.warning(f"{path}: warning: {holding / len(names):.0%} of the lines hold {sep!r}, as the "
+                           f"rows of a table (CSV) do; each line is taken whole as one name, {sep!r} "
+                           f"included; give one name per line")
+            return
 
 
 def _name_at(names: Names, positions: np.ndarray) -> np.ndarray:

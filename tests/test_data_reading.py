@@ -1,5 +1,7 @@
-"""kmlp.data's reader: every check of a names file, as a line-by-line reader makes it, on random files."""
+"""kmlp.data's reader: every check of a names file, as a line-by-line reader makes it, on random files;
+the warning for files that look like a table."""
 
+import logging
 import random
 
 import numpy as np
@@ -85,6 +87,24 @@ def test_whitespace_at_the_ends_is_stripped_however_long(tmp_path):
     path = tmp_path / "names.txt"
     path.write_bytes(b" " * 5000 + b"emma" + b"\t" * 3000 + b"\n" + b" " * 20000 + b"\n  mary ann \n")
     assert read_names(path) == [(1, "emma"), (3, "mary ann")]
+
+
+def test_a_table_gets_a_one_line_warning_naming_the_file(tmp_path, caplog):
+    table = tmp_path / "names.csv"
+    table.write_text("name,sex,year\nemma,F,2004\nava,F,2007\nliam,M,2001\nnoah\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="kmlp.data"):
+        words = load_words(table)
+    assert words[1] == "emma,F,2004"  # read as it is
+    [record] = caplog.records
+    message = record.getMessage()
+    assert message.startswith(f"{table}: ") and "\n" not in message and "','" in message and "80%" in message
+    caplog.clear()
+    names = tmp_path / "names.txt"
+    names.write_text("emma\nava\nsmith, john\nliam\nmia|zoe\n", encoding="utf-8")  # a few: no warning
+    with caplog.at_level(logging.WARNING, logger="kmlp.data"):
+        load_words(names)
+        NamesData.from_words(["a;b"] * 2 + [f"n{i}" for i in range(10)])  # a list is not a file
+    assert not caplog.records
 
 
 def test_a_file_and_its_list_of_names_give_the_same_data(tmp_path):
