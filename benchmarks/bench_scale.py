@@ -6,12 +6,15 @@ and one of 10 names whose run is TensorFlow's own memory floor (each name 1,000 
 so that its training and evaluation minibatches are as large as in the other runs: a 10-line file
 would train on batches of its 60-odd examples and need less memory for reasons that have nothing to
 do with the data). Each file is trained on by a whole ``kmlp train`` process (--preset, default
-``default``, at its own length unless --steps), started afresh, with clocks on its phases. For each
-file it prints:
+``default``, at its own length unless --steps), started afresh, with clocks on its phases; the floor
+too, for the same steps as the others: TensorFlow's resident memory grows over a long run by
+itself, and that growth is not the data's. For each file it prints:
 
   load s, CPU s    reading the file and building the splits and token streams, in the run (CPU
                    time too: on a busy machine it tells what the wall time would be on a quiet one)
   s/1M             load seconds per million names
+  loading peak     (--load-only) peak RSS above the resident memory just before loading, in file
+                   sizes: what the data structures cost at their height, TensorFlow left out
   peak RSS         the process's peak resident memory (``ru_maxrss`` of the child)
   above floor      peak RSS minus the 10-name run's, as a multiple of the file's size
   steps/s          optimizer steps per second of training (fit, less its dev evaluations)
@@ -56,7 +59,6 @@ TARGET_LINES = 1_000_000    # the targets are checked on files this large or lar
                             # and the noise of peak RSS (a few MB) outweigh the data
 FLOOR_LINES = 10
 FLOOR_REPEATS = 1000  # each of the floor's names: its train and dev minibatches are full-size too
-FLOOR_STEPS = 300  # memory does not grow with the steps: the floor's run is kept short
 REPORT = "kmlp-bench-scale:"  # the child's last line: its clocks as JSON
 
 
@@ -214,12 +216,16 @@ def run_child(argv: list[str]) -> dict:
 
 
 def load_only(path: Path) -> dict:
-    """Loading alone in a fresh process: seconds, names and the process's peak RSS."""
-    code = ("import sys, time, json; sys.path.insert(0, sys.argv[2]); from kmlp.config import preset;"
-            "from kmlp.data import NamesData; t, c = time.perf_counter(), time.process_time();"
+    """Loading alone in a fresh process: seconds, names, the process's peak RSS and its resident
+    memory just before loading (Python, numpy and kmlp imported), so that the difference is what
+    reading the file and building the splits cost at their height."""
+    code = ("import sys, os, time, json; sys.path.insert(0, sys.argv[2]); from kmlp.config import preset;"
+            "from kmlp.data import NamesData;"
+            "start = int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE');"
+            "t, c = time.perf_counter(), time.process_time();"
             "d = NamesData.for_config(sys.argv[1], preset('default'));"
             "print(json.dumps({'load': time.perf_counter() - t, 'load_cpu': time.process_time() - c,"
-            " 'names': sum(map(d.num_names, d.streams))}))")
+            " 'names': sum(map(d.num_names, d.streams)), 'start_rss': start}))")
     out, _, peak = run_measured([sys.executable, "-c", code, str(path), str(ROOT)])
     return {**json.loads(out), "peak_rss": peak}
 
@@ -258,15 +264,18 @@ def main(argv=None) -> int:
 
 
 def measure_loading(files: dict[int, Path]) -> int:
-    print(f"{'lines':>10} {'file':>8} {'load s':>7} {'CPU s':>6} {'s/1M':>5} {'CPU s/1M':>9} {'peak RSS':>9}")
+    print(f"{'lines':>10} {'file':>8} {'load s':>7} {'CPU s':>6} {'s/1M':>5} {'CPU s/1M':>9} {'peak RSS':>9} "
+          f"{'loading peak':>13}")
     load_ok = []
     for lines, path in files.items():
         r = load_only(path)
-        per_million = r["load"] / r["names"] * 1e6
+        size, per_million = path.stat().st_size, r["load"] / r["names"] * 1e6
         if lines >= TARGET_LINES:
             load_ok.append(per_million < LOAD_SECONDS_PER_MILLION)
-        print(f"{lines:>10,} {mb(path.stat().st_size):>8} {r['load']:>7.2f} {r['load_cpu']:>6.2f} "
-              f"{per_million:>5.2f} {r['load_cpu'] / r['names'] * 1e6:>9.2f} {mb(r['peak_rss']):>9}")
+        print(f"{lines:>10,} {mb(size):>8} {r['load']:>7.2f} {r['load_cpu']:>6.2f} {per_million:>5.2f} "
+              f"{r['load_cpu'] / r['names'] * 1e6:>9.2f} {mb(r['peak_rss']):>9} "
+              f"{(r['peak_rss'] - r['start_rss']) / size:>12.1f}x")
+    print("loading peak: the process's peak RSS above its resident memory just before loading, in file sizes")
     print(f"target, on files of {TARGET_LINES:,} lines or more: loading under {LOAD_SECONDS_PER_MILLION:g} s "
           f"per million names: {verdict(load_ok)}")
     return 0
@@ -275,12 +284,11 @@ def measure_loading(files: dict[int, Path]) -> int:
 def measure_training(files: dict[int, Path], args) -> int:
     runs = {}
     for lines, path in files.items():
-        steps = min(FLOOR_STEPS, args.steps or FLOOR_STEPS) if lines == FLOOR_LINES else args.steps
         out = args.work / f"run-{lines}"
         for old in (out, backup_dir(out)):  # this benchmark's own, perhaps from a run cut short
             shutil.rmtree(old, ignore_errors=True)
         argv = ["--data", str(path), "--preset", args.preset, "--out", str(out),
-                "--quiet", "--samples", "10"] + (["--steps", str(steps)] if steps else [])
+                "--quiet", "--samples", "10"] + (["--steps", str(args.steps)] if args.steps else [])
         runs[lines] = r = run_child(argv)
         r["size"] = path.stat().st_size
         print(f"  {lines:,} lines: {r['wall']:.0f} s, peak {mb(r['peak_rss'])}", flush=True)

@@ -103,7 +103,9 @@ class Names:
     """Names as spans of one array of code points: no Python object per name or character.
 
     ``codes`` holds the whole text (uint8 when it is ASCII, else uint32, after NFC); name ``i`` is
-    ``codes[starts[i]:starts[i] + lengths[i]]`` and, read from a file, stood on line ``lines[i]``.
+    ``codes[starts[i]:starts[i] + lengths[i]]`` and, read from a file, stood on line ``lines[i]``
+    (int32 positions while the text is under 2**31 code points: these per-name arrays, not the
+    text, are most of the memory a large file takes while it is split).
     """
 
     codes: np.ndarray
@@ -133,6 +135,11 @@ class Names:
 
 def _decode(codes: np.ndarray) -> str:
     return codes.tobytes().decode("latin-1" if codes.dtype == np.uint8 else "utf-32-le", "surrogatepass")
+
+
+def _index_dtype(size: int):
+    """Positions in an array of ``size`` items: int32 while they fit, which halves the per-name arrays."""
+    return np.int32 if size < 2**31 else np.int64
 
 
 def _flags(predicate, size: int) -> np.ndarray:
@@ -189,8 +196,10 @@ def _scan(path: Path, raw: bytes) -> Names:
     if bad is not None:
         check_line(path, bad + 1, _decode(codes[line_starts[bad]:line_ends[bad]]).encode("utf-8"))
         raise AssertionError(f"{path}:{bad + 1}: a line refused by the scan passes check_line")
-    kept = np.flatnonzero(ends > starts)
-    return Names(codes, starts[kept], ends[kept] - starts[kept], kept + 1)
+    del line_starts, line_ends
+    kept = np.flatnonzero(ends > starts).astype(starts.dtype)
+    ends -= starts
+    return Names(codes, starts[kept], ends[kept], kept + 1)
 
 
 def _raise_decode_error(path: Path, raw: bytes, offset: int):
@@ -207,13 +216,13 @@ def _raise_decode_error(path: Path, raw: bytes, offset: int):
 
 def _line_spans(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start and end of every line; lines end at "\\n", "\\r\\n" or "\\r", as bytes.splitlines()."""
-    breaks = np.flatnonzero((codes == 10) | (codes == 13))
+    breaks = np.flatnonzero((codes == 10) | (codes == 13)).astype(_index_dtype(len(codes)))
     pair = (codes[breaks] == 10) & (breaks > 0) & (codes[breaks - 1] == 13)  # the "\n" of "\r\n"
     breaks = breaks[~pair]
     n = len(codes)
     after = breaks + 1
     after += (codes[breaks] == 13) & (after < n) & (codes[np.minimum(after, n - 1)] == 10)
-    return np.concatenate([[0], after]), np.append(breaks, n)
+    return np.concatenate([np.zeros(1, after.dtype), after]), np.append(breaks, np.array(n, breaks.dtype))
 
 
 def _strip(codes, starts, ends, rounds: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -452,14 +461,15 @@ def _columns(lengths: np.ndarray) -> tuple[np.ndarray, list[int]]:
     shortfall = longest - lengths
     if longest < 2**16:
         shortfall = shortfall.astype(np.uint16)  # numpy's stable sort is a radix sort for 16 bits
-    order = np.argsort(shortfall, kind="stable")
+    order = np.argsort(shortfall, kind="stable").astype(_index_dtype(len(lengths)))
     return order, np.searchsorted(-lengths[order], -np.arange(longest), side="left").tolist()
 
 
 def _present(names: Names) -> np.ndarray:
     """A flag per code point (up to the largest in ``names.codes``): does some name hold it? Every
     character of the text is a name's but line breaks and the whitespace stripped around names."""
-    present = np.bincount(names.codes) > 0
+    present = np.zeros(int(names.codes.max(initial=0)) + 1, bool)
+    present[names.codes] = True  # (np.bincount would copy the text as int64 first)
     for space in np.flatnonzero(present & _lookup(_SPACE, np.arange(len(present)))).tolist():
         present[space] = (_name_at(names, np.flatnonzero(names.codes == space)) >= 0).any()
     return present
@@ -484,16 +494,30 @@ def _distinct(names: Names) -> tuple[np.ndarray, np.ndarray]:
     """
     order, reach = _columns(names.lengths)
     for salt in range(8):
-        _, first, inverse = np.unique(_hash_names(names, order, reach, salt), return_index=True,
-                                      return_inverse=True)
+        first, inverse = _groups(_hash_names(names, order, reach, salt))
         if _same_names(names, order, reach, first[inverse][order]):
             break
     else:
         raise AssertionError("names could not be told apart by hashing")
-    appearance = np.argsort(first)
+    appearance = np.argsort(first).astype(first.dtype)
     rank = np.empty_like(appearance)
-    rank[appearance] = np.arange(len(appearance))
+    rank[appearance] = np.arange(len(appearance), dtype=first.dtype)
     return first[appearance], np.bincount(rank[inverse], minlength=len(appearance))
+
+
+def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_index=True, return_inverse=True)[1:]`` in int32 where it fits: the
+    first index of each distinct key (in key order) and each key's group."""
+    index = _index_dtype(len(keys))
+    order = np.argsort(keys, kind="stable").astype(index)  # stable: each group starts at its first
+    ordered = keys[order]
+    new = np.empty(len(keys), bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    del ordered
+    inverse = np.empty(len(keys), index)
+    inverse[order] = np.cumsum(new, dtype=index) - 1
+    return order[new], inverse
 
 
 def _hash_names(names: Names, order, reach, salt: int) -> np.ndarray:
@@ -522,7 +546,7 @@ def _token_stream(names: Names, which: np.ndarray, tokens: np.ndarray) -> np.nda
     (``tokens[code point]``) and a boundary."""
     lengths = names.lengths[which]
     stream = np.zeros(1 + int(lengths.sum()) + len(which), tokens.dtype)
-    places = np.cumsum(lengths + 1) - lengths  # where each name starts in the stream
+    places = np.cumsum(lengths + 1, dtype=_index_dtype(len(stream))) - lengths  # each name's start
     order, reach = _columns(lengths)
     sources, places = names.starts[which[order]], places[order]
     for j, k in enumerate(reach):
@@ -613,6 +637,7 @@ class NamesData:
                 w = names.text(unknown)
                 raise DataError(f"{path}:{names.lines[unknown]}: name {w!r} has characters the model's "
                                 f"vocabulary lacks: {''.join(vocab.unknown(w))!r}")
+        names.lines = None  # only errors name lines: freed before the split's peak
         return cls._split(names, block_size, split_seed, vocab, path)
 
     @classmethod

@@ -54,7 +54,8 @@ def test_load_and_train_runs_print_every_figure_and_the_targets(tmp_path):
     source.write_text("\n".join(TINY_WORDS) + "\n")
     work = tmp_path / "work"
     out = run_bench("--load-only", "--sizes", 3000, "--data", source, "--work", work)
-    row = re.search(rf"^\s+3,000\s+({MB})\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+({MB})$", out, re.M)
+    row = re.search(rf"^\s+3,000\s+({MB})\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+({MB})\s+(-?[\d.]+)x$", out,
+                    re.M)
     assert row, out
     assert row[1] == f"{(work / 'ngram3-3000-seed0.txt').stat().st_size / 1e6:.1f} MB"
     load, per_million = float(row[2]), float(row[4])
