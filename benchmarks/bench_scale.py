@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kmlp.data import load_words  # noqa: E402
-from kmlp.runs import backup_dir  # noqa: E402
+from kmlp.backup import backup_dir  # noqa: E402
 
 MEMORY_FACTOR = 10          # peak RSS above the floor, in file sizes
 LOAD_SECONDS_PER_MILLION = 3.0

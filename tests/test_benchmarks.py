@@ -82,3 +82,17 @@ def test_presets_table_trains_evaluates_and_prints_rows(names_path, tmp_path):
     train, dev, test = (float(v.strip(" *")) for v in fast.split("|")[3:6])
     assert 2.0 < train < dev < 2.17 and 2.0 < test < 2.2
     assert "`kmlp train --preset fast`" in fast and any("1.993" in r for r in rows)
+
+
+def test_both_loops_train_on_kmlps_split_whatever_the_seed(tiny_names_file):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_train
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from kmlp.config import preset
+    from kmlp.data import NamesData
+
+    kmlp_split = NamesData.for_config(tiny_names_file, preset("lecture").replace(seed=7)).words
+    assert bench_train.lecture_data(tiny_names_file, seed=7).words == kmlp_split
+    assert bench_train.lecture_data(tiny_names_file, seed=42).words == kmlp_split

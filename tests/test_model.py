@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from kmlp.config import ConfigError
 from kmlp.model import CharMLP, build_model, compile_model, make_optimizer
 
 
@@ -26,12 +27,18 @@ def test_functional_graph_embedding_reshape_dense_logits():
 def test_options_add_layers_and_check_ranges():
     model = build_model(27, 4, 8, 64, n_layers=3, dropout=0.1, norm="layer")
     assert len([l for l in model.layers if l.name.startswith("hidden")]) == 3
-    with pytest.raises(ValueError, match="n_hidden"):
+    with pytest.raises(ConfigError, match="--n-hidden must be a positive integer"):
         build_model(27, 3, 10, 0)
-    with pytest.raises(ValueError, match="dropout"):
+    with pytest.raises(ConfigError, match="--dropout"):
         build_model(27, 3, 10, 10, dropout=1.5)
-    with pytest.raises(ValueError, match="optimizer"):
+    with pytest.raises(ConfigError, match="--optimizer must be sgd, adam or adamw"):
         make_optimizer("rmsprop")
+
+
+def test_weight_decay_is_applied_by_every_optimizer_and_adamw_has_none_unless_asked():
+    assert make_optimizer("adamw", 1e-3).weight_decay == 0.0  # not Keras's own default of 0.004
+    for name in ("sgd", "adam", "adamw"):
+        assert make_optimizer(name, 1e-3, weight_decay=0.1).weight_decay == pytest.approx(0.1)
 
 
 def test_each_dropout_layer_draws_its_own_mask():
@@ -104,5 +111,5 @@ def test_rdrop_trains_on_twice_the_batch_and_survives_save_and_load(tmp_path, ch
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
     assert isinstance(again, CharMLP) and again.rdrop == 1.0
-    with pytest.raises(ValueError, match="rdrop needs dropout"):
+    with pytest.raises(ConfigError, match="--rdrop needs --dropout"):
         build_model(27, 3, 4, 16, rdrop=1.0)
