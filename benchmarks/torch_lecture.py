@@ -3,7 +3,7 @@
 Written the way the lecture writes it: parameters as bare tensors drawn with ``torch.randn`` from a
 seeded generator, a fresh random minibatch of indices each step, ``F.cross_entropy``, and a manual
 SGD update ``p.data += -lr * p.grad``. It trains on the same splits and example arrays as kmlp
-(``NamesData.arrays``), so the two differ only in how the steps are run.
+(``NamesData.examples``), so the two differ only in how the steps are run.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def train_lecture(data, steps: int = 200_000, n_embd: int = 10, n_hidden: int = 
 
     torch.set_num_threads(threads)
     decay_at = steps // 2 if decay_at is None else decay_at
-    Xtr, Ytr = (torch.from_numpy(a).long() for a in data.arrays["train"])
-    Xdev, Ydev = (torch.from_numpy(a).long() for a in data.arrays["dev"])
+    Xtr, Ytr = (torch.from_numpy(a).long() for a in data.examples("train"))
+    Xdev, Ydev = (torch.from_numpy(a).long() for a in data.examples("dev"))
     vocab_size, block_size = len(data.vocab), data.block_size
 
     torch.manual_seed(seed)

@@ -13,7 +13,6 @@ minibatches, its history, curve and training time. The backup is deleted once th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import asdict
@@ -43,8 +42,7 @@ def identity(config, data: NamesData, plan) -> dict:
     if data.path is not None:
         data_id = {"data": str(Path(data.path).absolute()), "data_sha256": file_sha256(data.path)}
     else:
-        names = "\n".join(data.words["train"]).encode("utf-8")
-        data_id = {"data": None, "train_sha256": hashlib.sha256(names).hexdigest()}
+        data_id = {"data": None, "train_sha256": data.digest("train")}
     return {"config": config.to_dict(), "plan": asdict(plan), **data_id}
 
 

@@ -225,7 +225,7 @@ def cmd_evaluate(args) -> int:
             path.resolve() == (run.data_path or path).resolve()  # runs from before the hash was kept
         print(f"{args.split} loss {loss:.4f}, perplexity {figures['perplexity']:.3f}, "
               f"{figures['bits_per_char']:.4f} bits per character ({data.num_examples(args.split):,} "
-              f"examples, {len(data.words[args.split]):,} names" + ("" if own else f" of {path}") + ")")
+              f"examples, {data.num_names(args.split):,} names" + ("" if own else f" of {path}") + ")")
         try:
             if own:
                 update_metrics(run.path, **{f"{args.split}_{k}": v for k, v in figures.items()})

@@ -29,6 +29,7 @@ from .model import build_model, compile_model, make_optimizer
 from .runs import TrainingDiverged
 
 EVAL_BATCH = 4096
+TRAIN_LOSS_EXAMPLES = 250_000  # a larger train split is scored on a fixed sample of this many examples
 MAX_STEPS_PER_CALL = 250
 
 
@@ -218,9 +219,9 @@ def prepare(config: Config, data: NamesData, strategy: tf.distribute.Strategy | 
     whose variables live on several devices); several workers run chunks without XLA.
     """
     config.validate()
-    if data.block_size != config.block_size or data.seed != config.split_seed:
+    if data.block_size != config.block_size or data.split_seed != config.split_seed:
         raise ConfigError(f"the data was built for --block-size {data.block_size} and --split-seed "
-                          f"{data.seed}, the configuration has {config.block_size} and "
+                          f"{data.split_seed}, the configuration has {config.block_size} and "
                           f"{config.split_seed}; load it with NamesData.for_config(path, config)")
     examples = data.num_examples("train")
     if config.batch_size > examples:
@@ -324,7 +325,8 @@ def measure_cost(setup: Setup, started: float, preset_name: str | None = None,
 def _time_finish(setup: Setup, out_dir: Path, curve, backup, preset_name) -> float:
     """Seconds of what follows training (:func:`_measure`, :func:`_save_run`), timed on a scratch run."""
     data = setup.data
-    batches = {split: math.ceil(data.num_examples(split) / EVAL_BATCH) for split in ("train", "dev")}
+    scored = {"train": min(data.num_examples("train"), TRAIN_LOSS_EXAMPLES), "dev": data.num_examples("dev")}
+    batches = {split: math.ceil(examples / EVAL_BATCH) for split, examples in scored.items()}
     one = _seconds(evaluate_loss, setup.model, data.dataset("dev", EVAL_BATCH).take(1))  # (tracing included)
     dev = _seconds(evaluate_loss, setup.model, data.dataset("dev", EVAL_BATCH)) if batches["dev"] > 1 else one
     per_batch = max(0.0, dev - one) / (batches["dev"] - 1) if batches["dev"] > 1 else one
@@ -495,7 +497,9 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
             _save_run(setup, out_dir, metrics, curve, backup, preset_name)
         backup.remove()
     steps_run = setup.plan.steps - start_epoch * setup.plan.steps_per_epoch
-    log(f"train loss {metrics['train_loss']:.4f}  dev loss {metrics['dev_loss']:.4f}  "
+    sampled = "" if metrics["train_loss_examples"] == metrics["train_examples"] else \
+        f" (on a fixed sample of {metrics['train_loss_examples']:,} of {metrics['train_examples']:,} examples)"
+    log(f"train loss {metrics['train_loss']:.4f}{sampled}  dev loss {metrics['dev_loss']:.4f}  "
         f"({steps_run:,} steps in {fit_seconds:.1f} s, {steps_run / max(fit_seconds, 1e-9):,.0f} steps/s)")
     log(fit_verdict(metrics["train_loss"], metrics["dev_loss"], len(data.vocab)))
     if worker is not None:
@@ -526,11 +530,16 @@ def _check_diverged(setup: Setup, curve, start_loss: float, backup, out_dir: Pat
 
 
 def _measure(setup: Setup, clock, start_epoch: int, fit_seconds: float, started: float) -> dict:
-    """metrics.json: the losses on the whole train and dev splits, and what the run took."""
+    """metrics.json: the losses on the whole dev split and on the train split (or, when it is large,
+    a fixed sample of :data:`TRAIN_LOSS_EXAMPLES` of its examples), and what the run took."""
     steps_run = setup.plan.steps - start_epoch * setup.plan.steps_per_epoch
+    data = setup.data
     metrics = {
-        "train_loss": evaluate_loss(setup.model, setup.data.dataset("train", EVAL_BATCH, shuffle=False)),
-        "dev_loss": evaluate_loss(setup.model, setup.data.dataset("dev", EVAL_BATCH)),
+        "train_loss": evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False,
+                                                              sample=TRAIN_LOSS_EXAMPLES)),
+        "train_loss_examples": min(data.num_examples("train"), TRAIN_LOSS_EXAMPLES),  # all, or a sample
+        "train_examples": data.num_examples("train"),
+        "dev_loss": evaluate_loss(setup.model, data.dataset("dev", EVAL_BATCH)),
         "steps": int(setup.model.optimizer.iterations.numpy()),
         "seconds": round(clock.seconds, 3),  # training time of the whole run, resumed parts included
         "total_seconds": round(time.perf_counter() - started, 3),  # this process: data to metrics

@@ -29,7 +29,7 @@ import io
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -85,9 +85,7 @@ def config_for(values: dict, steps: int, seed: int = 42) -> Config:
 
 def tuning_data(path, block_size: int, split_seed: int = Config.split_seed) -> NamesData:
     """The names file's train and dev splits; the test split is left out, so nothing here can read it."""
-    data = NamesData.from_file(path, block_size=block_size, seed=split_seed)
-    kept = ("train", "dev")
-    return replace(data, words={s: data.words[s] for s in kept}, arrays={s: data.arrays[s] for s in kept})
+    return NamesData.from_file(path, block_size=block_size, split_seed=split_seed).only("train", "dev")
 
 
 class Deadline(keras.callbacks.Callback):

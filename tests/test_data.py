@@ -1,8 +1,10 @@
-"""kmlp.data: vocabulary, examples, splits and the tf.data pipeline, on tiny synthetic word lists."""
+"""kmlp.data: vocabulary, examples, splits, token streams and the tf.data pipeline, on tiny synthetic
+word lists (reading files: test_data_reading.py)."""
 
 import numpy as np
 import pytest
 
+from kmlp import data as data_module
 from kmlp.data import NamesData, Vocabulary, build_dataset, load_words, make_dataset, split_words
 
 
@@ -31,10 +33,6 @@ def test_vocabulary_round_trip(tiny_words):
         assert vocab.decode(vocab.encode(w)) == w
     assert Vocabulary.from_json(vocab.to_json()) == vocab
     assert vocab.decode(vocab.encode("ava") + [0] + vocab.encode("mia")) == "ava"  # 0 ends a name
-
-
-def test_names_txt_vocabulary_is_27(names_path):
-    assert len(Vocabulary.from_words(load_words(names_path))) == 27
 
 
 def test_literal_dot_is_not_the_boundary():
@@ -71,13 +69,15 @@ def test_repeated_names_stay_in_one_split():
     assert sum(len(v) for v in splits.values()) == len(words)
 
 
-def test_names_data_summary_and_arrays(tiny_names_file):
-    data = NamesData.from_file(tiny_names_file, block_size=3, seed=1)
-    assert sum(len(data.words[s]) for s in ("train", "dev", "test")) == 26
-    assert "train" in data.summary() and "examples" in data.summary()
+def test_names_data_summary_and_examples(tiny_names_file):
+    data = NamesData.from_file(tiny_names_file, block_size=3, split_seed=1)
+    assert sum(data.num_names(s) for s in ("train", "dev", "test")) == 26
+    assert data.summary() == ("vocabulary 22 tokens; train 21 names / 141 examples; dev 2 names / 11 "
+                              "examples; test 3 names / 23 examples")
     for split in ("train", "dev", "test"):
-        X, y = data.arrays[split]
-        assert X.shape[0] == y.shape[0] == sum(len(w) + 1 for w in data.words[split])
+        X, y = data.examples(split)
+        assert X.shape[0] == y.shape[0] == data.num_examples(split) == sum(len(w) + 1 for w in data.words[split])
+        assert data.num_names(split) == len(data.words[split])
 
 
 def test_train_pipeline_shuffles_each_epoch_and_covers_the_split():
@@ -103,10 +103,147 @@ def test_chunked_pipeline_shapes():
 
 
 def test_eval_pipeline_is_one_ordered_pass(tiny_names_file):
-    data = NamesData.from_file(tiny_names_file, block_size=3, seed=1)
+    data = NamesData.from_file(tiny_names_file, block_size=3, split_seed=1)
     for split, shuffle in (("dev", None), ("train", False)):
         ys = np.concatenate([t.numpy() for _, t in data.dataset(split, 4, shuffle=shuffle)])
-        np.testing.assert_array_equal(ys, data.arrays[split][1])
+        np.testing.assert_array_equal(ys, build_dataset(data.words[split], data.vocab, 3)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Token streams: the splits of split_words, the examples of build_dataset, the minibatches of before
+
+
+ODD_WORDS = ["emma", "a", "st.john", "zoë", "mary ann", "emma", "o'brien", "x", "emma", "Ünal", "a",
+             "anne-marie", "bo", "li", "r2d2", "a", "jo"]
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 5, 8])
+def test_windows_cut_from_the_stream_are_build_datasets_examples(block_size):
+    data = NamesData.from_words(ODD_WORDS, block_size=block_size, split_seed=3)
+    assert data.vocab == Vocabulary.from_words(ODD_WORDS)
+    splits = split_words(ODD_WORDS, seed=3)
+    for split in ("train", "dev", "test"):
+        assert data.words[split] == splits[split]
+        X, y = data.examples(split)
+        ref_X, ref_y = build_dataset(splits[split], data.vocab, block_size)
+        np.testing.assert_array_equal(X, ref_X)
+        np.testing.assert_array_equal(y, ref_y)
+        assert X.dtype == y.dtype == np.int32 and data.streams[split].dtype == np.uint8
+
+
+def test_streams_take_a_byte_per_character_and_two_beyond_256_tokens():
+    data = NamesData.from_words(ODD_WORDS, block_size=3)
+    for split, stream in data.streams.items():
+        assert stream.dtype == np.uint8 and stream.nbytes == 1 + sum(len(w) + 1 for w in data.words[split])
+    many = [chr(0x4E00 + i) + chr(0x4E00 + (7 * i) % 300) for i in range(300)]  # 300 characters
+    data = NamesData.from_words(many, block_size=2)
+    assert len(data.vocab) == 301 and data.streams["train"].dtype == np.uint16
+    X, y = data.examples("dev")
+    np.testing.assert_array_equal(X, build_dataset(data.words["dev"], data.vocab, 2)[0])
+    assert y.max() > 255
+
+
+def test_splits_match_split_words_with_many_repeats():
+    rng = np.random.default_rng(0)
+    words = [f"n{i}" for i in rng.integers(0, 60, 500)] + ["", "n1"]  # repeats everywhere, an empty name
+    data = NamesData.from_words(words, block_size=2, split_seed=9)
+    splits = split_words(words, seed=9)
+    assert all(data.words[s] == splits[s] for s in ("train", "dev", "test"))
+
+
+def test_a_hash_collision_is_noticed_and_the_names_still_told_apart(monkeypatch):
+    real = data_module._hash_names
+
+    def colliding_first(names, order, reach, salt):
+        return np.zeros(len(names), np.uint64) if salt == 0 else real(names, order, reach, salt)
+
+    monkeypatch.setattr(data_module, "_hash_names", colliding_first)
+    data = NamesData.from_words(ODD_WORDS, block_size=3, split_seed=3)
+    splits = split_words(ODD_WORDS, seed=3)
+    assert all(data.words[s] == splits[s] for s in ("train", "dev", "test"))
+
+
+def test_shuffled_minibatches_are_those_of_before():
+    """The first minibatches that the word lists and [N, block_size] arrays gave, for these seeds."""
+    from conftest import TINY_WORDS
+
+    data = NamesData.from_words(TINY_WORDS, block_size=3, split_seed=1)
+    assert (data.words["dev"], data.words["test"]) == (["aria", "chloe"], ["camila", "amelia", "scarlett"])
+    targets = [t.numpy().tolist() for _, t in data.dataset("train", 8, seed=5).take(2)]
+    assert targets == [[1, 19, 8, 15, 10, 19, 5, 16], [1, 5, 0, 16, 12, 14, 20, 20]]
+    x, t = next(iter(data.dataset("train", 4, seed=5, steps_per_call=2, start_step=3)))
+    assert t.numpy().tolist() == [[12, 14, 20, 20], [8, 9, 0, 5]]
+    assert x.numpy()[0].tolist() == [[0, 14, 5], [5, 10, 13], [0, 10, 1], [19, 5, 10]]
+    X, y = data.examples("train")
+    ours = next(iter(data.dataset("train", 8, seed=5)))
+    arrays = next(iter(make_dataset(X, y, 8, seed=5)))
+    for a, b in zip(ours, arrays):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_order_follows_the_runs_seed_not_the_split_seed():
+    data = NamesData.from_words(ODD_WORDS * 3, block_size=3, split_seed=7)
+    assert data.split_seed == 7 and not hasattr(data, "seed")
+
+    def first_targets(**kwargs):
+        return next(iter(data.dataset("train", 16, **kwargs)))[1].numpy().tolist()
+
+    assert first_targets() == first_targets(seed=42) != first_targets(seed=7)
+
+
+def test_a_fixed_sample_of_examples_for_the_train_loss(tiny_names_file):
+    data = NamesData.from_file(tiny_names_file, block_size=3, split_seed=1)
+    n = data.num_examples("train")
+    chosen = data.sample_examples("train", 50)
+    assert len(chosen) == 50 and (np.diff(chosen) >= 0).all() and 0 <= chosen[0] and chosen[-1] < n
+    assert len(set(chosen.tolist())) > 40  # drawn across the split
+    np.testing.assert_array_equal(chosen, data.sample_examples("train", 50))  # fixed
+    X, y = data.examples("train")
+    batches = list(data.dataset("train", 16, shuffle=False, sample=50))
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), X[chosen])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y[chosen])
+    assert data.sample_examples("train", n) is None  # a split no larger than the sample: all of it
+    whole = np.concatenate([t for _, t in data.dataset("train", 16, shuffle=False, sample=n)])
+    np.testing.assert_array_equal(whole, y)
+    with pytest.raises(ValueError, match="unshuffled"):
+        data.dataset("train", 16, sample=50)
+
+
+def test_names_are_decoded_only_when_asked_and_only_kept_splits_remain():
+    data = NamesData.from_words(ODD_WORDS, block_size=3)
+    assert data.words._decoded == {}  # nothing decoded for training
+    kept = data.only("train", "dev")
+    assert list(kept.streams) == list(kept.words) == ["train", "dev"]
+    assert "test" not in kept.summary()
+    with pytest.raises(KeyError):
+        kept.words["test"]
+    assert kept.words["dev"] == data.words["dev"] and kept.digest("train") == data.digest("train")
+    assert data.digest("train") != NamesData.from_words(ODD_WORDS, block_size=3, split_seed=5).digest("train")
+
+
+def test_a_given_vocabulary_must_hold_every_character(tmp_path):
+    vocab = Vocabulary.from_words(["abc"])
+    with pytest.raises(KeyError, match="'xz'"):
+        NamesData.from_words(["abc", "axbz"] * 8, vocab=vocab)
+    path = tmp_path / "names.txt"
+    path.write_text("abc\n\nbca\ncab\nzab\n", encoding="utf-8")
+    with pytest.raises(data_module.DataError, match=f"^{path}:5: name 'zab' has characters .* lacks: 'z'$"):
+        NamesData.from_file(path, vocab=vocab)
+
+
+@pytest.mark.integration
+def test_names_txt_streams_give_the_lecture_splits_and_examples(names_path):
+    data = NamesData.from_file(names_path, block_size=3)
+    words = load_words(names_path)
+    splits = split_words(words, seed=42)
+    assert len(data.vocab) == 27 and data.vocab == Vocabulary.from_words(words)
+    for split in ("train", "dev", "test"):
+        assert data.words[split] == splits[split]
+        X, y = data.examples(split)
+        ref_X, ref_y = build_dataset(splits[split], data.vocab, 3)
+        np.testing.assert_array_equal(X, ref_X)
+        np.testing.assert_array_equal(y, ref_y)
+    assert data.streams["train"].nbytes == data.num_examples("train") + 1 == 182_719
 
 
 class _FakeResponse:

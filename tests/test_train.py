@@ -108,12 +108,30 @@ def test_train_writes_a_complete_run(tiny_names_file, tmp_path):
     assert rows and {"loss", "val_loss", "lr"} <= set(rows[0])
     run = load_run(out)
     assert run.vocab == result.data.vocab and run.config == config
-    x = result.data.arrays["dev"][0]
+    x = result.data.examples("dev")[0]
     for saved, trained in zip(run.model.get_weights(), result.model.get_weights()):
         np.testing.assert_array_equal(saved, trained)
     np.testing.assert_array_equal(run.model(x, training=False), result.model(x, training=False))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
+
+def test_a_large_train_split_is_scored_on_a_fixed_sample(tiny_names_file, tmp_path, monkeypatch):
+    import kmlp.train
+    from kmlp.data import make_dataset
+    from kmlp.train import evaluate_loss
+
+    monkeypatch.setattr(kmlp.train, "TRAIN_LOSS_EXAMPLES", 40)
+    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.1)
+    lines = []
+    result = train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", verbose=0, log=lines.append)
+    n = result.data.num_examples("train")
+    assert result.metrics["train_loss_examples"] == 40 < result.metrics["train_examples"] == n
+    X, y = result.data.examples("train")
+    chosen = result.data.sample_examples("train", 40)
+    on_sample = evaluate_loss(result.model, make_dataset(X[chosen], y[chosen], 4096, shuffle=False, repeat=False))
+    assert result.metrics["train_loss"] == pytest.approx(on_sample, rel=1e-6)
+    assert any(line.startswith("train loss ") and f"(on a fixed sample of 40 of {n:,} examples)" in line
+               for line in lines), lines
 
 
 # ---------------------------------------------------------------------------------------------

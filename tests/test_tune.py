@@ -60,13 +60,13 @@ def test_deadline_stops_training_after_the_call_that_passes_it():
 
 def test_tiny_search_writes_tables_and_a_config_train_accepts(tiny_names_file, tmp_path, monkeypatch):
     test_reads, splits_served = [], []
-    original_from_words = data_module.NamesData.from_words.__func__
+    original_from_file = data_module.NamesData.from_file.__func__
     original_dataset = data_module.NamesData.dataset
 
-    def guarded_from_words(cls, *args, **kwargs):
-        data = original_from_words(cls, *args, **kwargs)
+    def guarded_from_file(cls, *args, **kwargs):
+        data = original_from_file(cls, *args, **kwargs)
+        data.streams = SplitGuard(data.streams, test_reads)
         data.words = SplitGuard(data.words, test_reads)
-        data.arrays = SplitGuard(data.arrays, test_reads)
         return data
 
     def recorded_dataset(self, split, *args, **kwargs):
@@ -75,7 +75,7 @@ def test_tiny_search_writes_tables_and_a_config_train_accepts(tiny_names_file, t
 
     out = tmp_path / "tuning"
     with monkeypatch.context() as patch:
-        patch.setattr(data_module.NamesData, "from_words", classmethod(guarded_from_words))
+        patch.setattr(data_module.NamesData, "from_file", classmethod(guarded_from_file))
         patch.setattr(data_module.NamesData, "dataset", recorded_dataset)
         result = tune(tiny_names_file, out, max_trials=2, max_minutes=10, steps=9, seed=1,
                       algorithm="random", log=lambda *_: None)
