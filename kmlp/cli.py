@@ -53,6 +53,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--norm", choices=["none", "batch", "layer"], help="normalisation before each tanh")
     g.add_argument("--init", choices=["glorot", "normal"],
                    help="initial dense weights: glorot (default) or normal, N(0, 1) as in the lecture")
+    g.add_argument("--precision", choices=["float32", "mixed_bfloat16"],
+                   help="float32 (default), or mixed_bfloat16: float32 weights, logits and loss, bfloat16 "
+                        "matrix products (faster on CPUs with bfloat16 instructions, with --no-jit)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help="examples per optimizer step (lecture: 32)")
     g.add_argument("--steps", type=int, help="optimizer steps (lecture: 200000)")

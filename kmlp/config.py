@@ -12,6 +12,8 @@ class ConfigError(ValueError):
     """A configuration value is out of range; the message names the option."""
 
 
+PRECISIONS = ("float32", "mixed_bfloat16")  # Keras dtype policies a model can be built with
+
 MAX_SEED = 2**32 - 1  # what numpy's and Python's generators (seeded by keras.utils.set_random_seed) take
 
 
@@ -36,6 +38,7 @@ class Config:
                                  # times the symmetric KL between the two predictions to the loss
     norm: str = "none"           # normalisation before each tanh: none, batch or layer
     init: str = "glorot"         # dense weights: glorot, or normal (N(0, 1) as in the lecture)
+    precision: str = "float32"   # float32, or mixed_bfloat16: float32 weights, bfloat16 products
     # optimisation
     batch_size: int = 32
     steps: int | None = 200_000  # optimizer steps (ignored when epochs is set)
@@ -83,6 +86,8 @@ class Config:
             raise ConfigError(f"--norm must be none, batch or layer, got {self.norm!r}")
         if self.init not in ("glorot", "normal"):
             raise ConfigError(f"--init must be glorot or normal, got {self.init!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
         if self.optimizer not in ("sgd", "adam", "adamw"):
             raise ConfigError(f"--optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
         if self.schedule not in ("step", "cosine"):

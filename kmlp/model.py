@@ -17,6 +17,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from .config import PRECISIONS
+
 
 @keras.saving.register_keras_serializable(package="kmlp")
 class CharMLP(keras.Model):
@@ -88,7 +90,7 @@ class CharMLP(keras.Model):
 def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_hidden: int = 200,
                 n_layers: int = 1, dropout: float = 0.0, norm: str | None = None,
                 init: str = "glorot", seed: int | None = None, rdrop: float = 0.0,
-                name: str = "kmlp") -> keras.Model:
+                precision: str = "float32", name: str = "kmlp") -> keras.Model:
     """The MLP as a Keras functional model (uncompiled; see :func:`compile_model`).
 
     ``n_layers`` hidden tanh layers of ``n_hidden`` units each; ``norm`` ("batch" or "layer") puts a
@@ -96,7 +98,14 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
     after it. ``init`` is how the dense layers start: ``glorot`` (Keras's scaled uniform, zero biases)
     or ``normal`` (every weight and bias drawn from N(0, 1) like the lecture's ``torch.randn``, which
     saturates the tanh at first and ends worse). ``rdrop`` is the weight of R-Drop's consistency term
-    (see :class:`CharMLP`; it needs dropout). The other defaults are the lecture's model.
+    (see :class:`CharMLP`; it needs dropout).
+    ``precision`` is the Keras dtype policy of every layer but the logits: ``float32``, or
+    ``mixed_bfloat16`` (weights in float32, matrix products in bfloat16, which oneDNN runs faster on
+    CPUs with bfloat16 instructions such as AVX512_BF16; XLA's CPU path does not use them, so compile
+    without it). As in Keras's mixed precision, batch normalisation computes in float32 and the logits
+    layer is float32, so the logits, the softmax and the loss are float32. The policy is saved with
+    each layer: a loaded model computes as the trained one did. The other defaults are the lecture's
+    model.
     """
     for label, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_embd", n_embd),
                          ("n_hidden", n_hidden), ("n_layers", n_layers)):
@@ -112,6 +121,8 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
         raise ValueError(f"rdrop must be >= 0, got {rdrop!r}")
     if rdrop and not dropout:
         raise ValueError("rdrop needs dropout: without it the two passes make the same prediction")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
     def weights(i):
         s = None if seed is None else seed + i
@@ -124,27 +135,28 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
             return keras.initializers.RandomNormal(stddev=1.0, seed=None if seed is None else seed + 100 + i)
         return "zeros"
 
+    body = {"dtype": precision}  # every layer but the logits (each casts its input to its policy)
     context = keras.Input(shape=(block_size,), dtype="int32", name="context")
     x = layers.Embedding(vocab_size, n_embd, name="embedding",
                          embeddings_initializer=keras.initializers.RandomNormal(
-                             stddev=1.0, seed=seed))(context)
-    x = layers.Reshape((block_size * n_embd,), name="flatten")(x)
+                             stddev=1.0, seed=seed), **body)(context)
+    x = layers.Reshape((block_size * n_embd,), name="flatten", **body)(x)
     for i in range(n_layers):
         suffix = "" if n_layers == 1 else f"_{i + 1}"
         use_norm = norm in ("batch", "layer")
         x = layers.Dense(n_hidden, use_bias=not use_norm, kernel_initializer=weights(i + 1),
                          bias_initializer=biases(i + 1), activation=None if use_norm else "tanh",
-                         name=f"hidden{suffix}")(x)
+                         name=f"hidden{suffix}", **body)(x)
         if use_norm:
             norm_layer = layers.BatchNormalization if norm == "batch" else layers.LayerNormalization
-            x = norm_layer(name=f"{norm}_norm{suffix}")(x)
-            x = layers.Activation("tanh", name=f"tanh{suffix}")(x)
+            x = norm_layer(name=f"{norm}_norm{suffix}", **body)(x)
+            x = layers.Activation("tanh", name=f"tanh{suffix}", **body)(x)
         if dropout:
             # One seed per layer: layers seeded alike would drop the same units in every layer.
             x = layers.Dropout(dropout, seed=None if seed is None else seed + 200 + i,
-                               name=f"dropout{suffix}")(x)
+                               name=f"dropout{suffix}", **body)(x)
     logits = layers.Dense(vocab_size, kernel_initializer=weights(0), bias_initializer=biases(0),
-                          name="logits")(x)
+                          name="logits", dtype="float32")(x)
     return CharMLP(context, logits, name=name, rdrop=rdrop)
 
 

@@ -108,7 +108,7 @@ def build_compiled_model(config: Config, vocab_size: int) -> keras.Model:
     model = build_model(vocab_size=vocab_size, block_size=config.block_size, n_embd=config.n_embd,
                         n_hidden=config.n_hidden, n_layers=config.n_layers, dropout=config.dropout,
                         norm=None if config.norm == "none" else config.norm, init=config.init,
-                        seed=config.seed, rdrop=config.rdrop)
+                        seed=config.seed, rdrop=config.rdrop, precision=config.precision)
     optimizer = make_optimizer(config.optimizer, config.lr, weight_decay=config.weight_decay)
     return compile_model(model, optimizer, jit_compile=config.jit_compile)
 
