@@ -100,6 +100,7 @@ def test_rdrop_trains_on_twice_the_batch_and_survives_save_and_load(tmp_path, ch
                                                         compute_loss(x, y, y_pred, *a, **kw))[1]
     model.train_on_batch(x, y)
     assert rows == [16] * len(rows) and rows  # the 8 examples of each step, twice
+    assert tuple(model(x[0] if chunked else x, training=True).shape) == (16, 27)  # the fork stacks them
     del model.compute_loss
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
@@ -118,8 +119,7 @@ def test_mixed_bfloat16_computes_in_bfloat16_and_keeps_weights_logits_and_loss_i
     x, y = _tiny_batch()
     logits = model(x, training=False)
     assert logits.dtype == "float32"
-    doubled = np.concatenate([y, y])
-    assert model.compute_loss(y=doubled, y_pred=model(np.concatenate([x, x]), training=True)).dtype == "float32"
+    assert model.compute_loss(y=np.concatenate([y, y]), y_pred=model(x, training=True)).dtype == "float32"
     # bfloat16 keeps about 3 significant digits: the float32 model with the same weights is close.
     same = build_model(27, 3, 4, 32, n_layers=2, norm="batch", dropout=0.2, rdrop=1.0, seed=0)
     same.set_weights(model.get_weights())
@@ -160,3 +160,28 @@ def test_a_mixed_bfloat16_run_trains_saves_loads_samples_and_exports(tiny_names_
     with pytest.raises(ConfigError, match="--precision"):
         config.replace(precision="bfloat16").validate()
 
+
+def test_rdrop_runs_the_layers_before_the_first_dropout_once_with_the_same_result():
+    """TwoPasses (before the first dropout) gives the gradients that stacking the whole input did:
+    batch statistics over a batch stacked on itself are those of the batch. (With SGD: Keras's Adam
+    updates an embedding from its gradient per lookup, and the fork has half as many lookups.)"""
+    from kmlp.model import TwoPasses
+
+    def trained(fork):
+        model = build_model(27, 3, 4, 32, n_layers=2, norm="batch", dropout=0.2, rdrop=1.0, seed=5)
+        assert [type(l).__name__ for l in model.layers[6:8]] == ["TwoPasses", "Dropout"]
+        if not fork:  # the same layers, with the input stacked before the embedding instead
+            inputs = keras.Input((3,), dtype="int32")
+            h = inputs
+            for layer in model.layers[1:]:
+                h = h if isinstance(layer, TwoPasses) else layer(h)
+            model = CharMLP(inputs, h, rdrop=1.0)
+        compile_model(model, "sgd", lr=0.5, jit_compile=False)
+        x, y = _tiny_batch(k=3)
+        model.train_on_batch(x, y)
+        return model
+
+    stacked, forked = trained(False), trained(True)
+    assert not any(isinstance(l, TwoPasses) for l in stacked.layers)
+    for a, b in zip(stacked.get_weights(), forked.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
