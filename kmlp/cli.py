@@ -74,6 +74,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "for N evaluations (default 0: off)")
     g.add_argument("--steps-per-call", type=int,
                    help="optimizer steps run per compiled call (default: chosen to fit steps and milestones)")
+    g.add_argument("--jit", dest="jit_compile", action="store_const", const=True,
+                   help="compile the training step with XLA (the default, but not in the best and fast presets)")
     g.add_argument("--no-jit", dest="jit_compile", action="store_const", const=False,
                    help="do not compile the training step with XLA")
 

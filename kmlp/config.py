@@ -123,29 +123,27 @@ class Config:
 # Named starting points for `kmlp train --preset NAME`; flags given on the command line override them.
 PRESETS: dict[str, dict] = {
     # The lecture's recipe, exactly: its model with its N(0, 1) initial weights, 200k SGD steps at
-    # batch 32, rate 0.1 then 0.01 (dev 2.17, as in the lecture; Glorot initial weights give 2.12).
+    # batch 32, rate 0.1 then 0.01 (its dev loss, and Glorot's initial weights', are in the README).
     "lecture": dict(block_size=3, n_embd=10, n_hidden=200, init="normal", batch_size=32, steps=200_000,
                     optimizer="sgd", lr=0.1, decay_at=[100_000], decay_factor=0.1),
-    # What `kmlp train` does with no flags, in about 3 minutes: the shape and recipe of "best"
-    # (R-Drop included) for 4,500 steps instead of 12k (25 passes over the data). Dev 1.9572 in
-    # 3 min 03 s (the same for 8k steps without R-Drop, at dropout 0.3: 1.9590 in 3 min 23 s).
+    # What `kmlp train` does with no flags, in a few minutes: the shape and recipe of "best" (R-Drop
+    # included), in float32 with XLA, for 4,500 steps (25 passes over the data).
     "default": dict(block_size=8, n_embd=32, n_hidden=512, n_layers=3, norm="batch", dropout=0.15,
                     rdrop=1.0, batch_size=1024, steps=4_500, optimizer="adamw", lr=6e-3,
                     weight_decay=0.15, schedule="cosine", decay_at=[], decay_factor=0.2),
     # Dev loss <= 2.17 (the lecture's result) in seconds, whole process: a wider context, Adam at a
-    # high rate cut twice, 1,200 steps at batch 256 (about 1.7 passes over the data; dev about 2.10).
+    # high rate cut twice, 1,200 steps at batch 256 (about 1.7 passes over the data).
     # Without XLA: compiling costs more than it saves in a run this short.
     "fast": dict(block_size=5, n_embd=16, n_hidden=256, batch_size=256, steps=1_200,
                  optimizer="adam", lr=1e-2, decay_at=[700, 1_000], decay_factor=0.2,
                  jit_compile=False),
-    # The lowest dev loss found within 10 minutes of training: context 8, three 512-unit tanh layers
-    # with batch normalisation and dropout 0.15, R-Drop (each minibatch twice, weight 1 on the KL
-    # between the two passes), AdamW (weight decay 0.15) on a cosine schedule, 12k steps at batch
-    # 1024 (67 passes over the data). Dev 1.9477 in 8 min 23 s (seeds 1 and 2: 1.9453, 1.9446),
-    # against 1.9535 for the same without R-Drop at dropout 0.3; the series' WaveNet reached 1.993.
+    # Dev loss <= 1.95 in the least training time found: context 8, three 512-unit tanh layers with
+    # batch norm, dropout 0.15 and R-Drop, AdamW on a cosine, 8k steps at batch 1024; bfloat16
+    # products, without XLA (with it, bfloat16 steps are no faster than float32 ones).
     "best": dict(block_size=8, n_embd=32, n_hidden=512, n_layers=3, norm="batch", dropout=0.15,
-                 rdrop=1.0, batch_size=1024, steps=12_000, optimizer="adamw", lr=6e-3, weight_decay=0.15,
-                 schedule="cosine", decay_at=[], decay_factor=0.2),
+                 rdrop=1.0, precision="mixed_bfloat16", jit_compile=False, batch_size=1024, steps=8_000,
+                 optimizer="adamw", lr=6e-3, weight_decay=0.15, schedule="cosine", decay_at=[],
+                 decay_factor=0.2),
 }
 
 
