@@ -16,7 +16,7 @@ against the `best` preset now, measured in one run.
 
     python benchmarks/bench_best.py                           # both full runs and the step costs
     python benchmarks/bench_best.py --skip-full --rounds 9    # step costs only (about 2 minutes)
-    python benchmarks/bench_best.py --steps 100 --target 2.6  # a short try of the whole benchmark
+    python benchmarks/bench_best.py --steps 100 --target 2.8  # a short try of the whole benchmark
 """
 
 from __future__ import annotations

@@ -57,11 +57,25 @@ def torch_available() -> bool:
 # Throughput
 
 
+def lecture_config(steps: int, seed: int):
+    """The lecture's recipe for ``steps`` steps, cut in half way, with ``seed`` for kmlp's run (the
+    names are split as every kmlp run splits them, by ``split_seed``, whatever the seed)."""
+    from kmlp.config import preset
+
+    return preset("lecture").replace(steps=steps, decay_at=[steps // 2], seed=seed)
+
+
+def lecture_data(data_path, seed: int):
+    """The splits and examples kmlp's run trains on, for the PyTorch loop."""
+    from kmlp.data import NamesData
+
+    return NamesData.for_config(data_path, lecture_config(2, seed))
+
+
 def kmlp_run(steps: int, data_path, workdir: Path, seed: int):
     """One lecture-recipe run through ``kmlp.train.train``; returns (metrics, FitTimer)."""
     import keras
 
-    from kmlp.config import preset
     from kmlp.train import train
 
     class FitTimer(keras.callbacks.Callback):
@@ -94,7 +108,7 @@ def kmlp_run(steps: int, data_path, workdir: Path, seed: int):
         def steps_per_second(self) -> float:
             return (self.steps - self.first_steps) / self.call_seconds
 
-    config = preset("lecture").replace(steps=steps, decay_at=[steps // 2], seed=seed)
+    config = lecture_config(steps, seed)
     timer = FitTimer()
     result = train(config, data_path=data_path, out_dir=workdir / f"kmlp-{time.monotonic_ns()}",
                    preset_name="lecture", callbacks=[timer], verbose=0, log=lambda *_: None)
@@ -103,13 +117,11 @@ def kmlp_run(steps: int, data_path, workdir: Path, seed: int):
 
 def throughput(args) -> int:
     silence_tensorflow()
-    from kmlp.data import NamesData
-
     use_torch = not args.skip_torch and torch_available()
     if not args.skip_torch and not use_torch:
         print("torch is not installed: PyTorch part skipped (pip install -e '.[bench]')")
     if use_torch:  # the same splits and example arrays that kmlp trains on
-        data = NamesData.from_file(args.data, block_size=3, seed=args.seed)
+        data = lecture_data(args.data, args.seed)
     print(f"lecture recipe: {args.steps:,} steps at batch 32, SGD 0.1 -> 0.01 at step "
           f"{args.steps // 2:,}; {args.repeats} repeat(s); {os.cpu_count()} CPU cores; load average "
           f"{os.getloadavg()[0]:.2f}")
@@ -189,9 +201,7 @@ def time_to_quality(args) -> int:
         return 0
     from torch_lecture import train_lecture
 
-    from kmlp.data import NamesData
-
-    data = NamesData.from_file(args.data, block_size=3, seed=args.seed)
+    data = lecture_data(args.data, args.seed)
     t = train_lecture(data, steps=args.steps, threads=args.torch_threads, eval_every=args.eval_every,
                       target=args.target)
     if args.target in t.reached:
@@ -217,7 +227,8 @@ def main(argv=None) -> int:
                    help="torch.set_num_threads for the PyTorch loop (default 1, fastest on 2 cores)")
     p.add_argument("--skip-torch", action="store_true", help="measure kmlp only")
     p.add_argument("--data", metavar="PATH", help="names file (default: kmlp's data/names.txt)")
-    p.add_argument("--seed", type=int, default=42, help="seed for the split and kmlp's run (default 42)")
+    p.add_argument("--seed", type=int, default=42, help="seed for kmlp's run (initial weights, minibatch "
+                   "order; default 42); both loops train on kmlp's split, --split-seed 42")
     p.add_argument("--time-to-quality", action="store_true",
                    help="measure whole `kmlp train --preset fast` processes to --target dev loss instead")
     p.add_argument("--preset", default="fast", help="preset for --time-to-quality (default fast)")

@@ -10,10 +10,15 @@ rather than Keras "batches", so they stay right when one batch runs several opti
 from __future__ import annotations
 
 import bisect
+import csv
 import math
+import os
+import time
 
 import keras
 import numpy as np
+
+from .config import check_positive_number, check_range_test
 
 
 def _rate_of(optimizer) -> float:
@@ -26,10 +31,7 @@ def _step_of(optimizer) -> int:
 
 
 def _positive(name: str, value) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return value
+    return check_positive_number(value, name)
 
 
 class _RateSchedule(keras.callbacks.Callback):
@@ -125,13 +127,30 @@ class LossCurve(keras.callbacks.Callback):
     >>> model.fit(train, steps_per_epoch=1000, epochs=10, callbacks=[curve])
     >>> plots.plot_loss("loss.png", curve.steps, curve.losses)
 
+    With ``path``, the points are also appended to that CSV file (``step,loss,lr``) at the end of
+    every epoch, and the points already in it are read back when training begins, so that a run
+    resumed after an interruption has its whole curve.
+
     Keras logs the running mean of the epoch so far, so each batch's own mean is recovered from two
     successive running means (exact up to float32 rounding, well under 0.01 for this model's losses).
     Put it after the schedule callbacks, so that it reads the rate they set for the batch.
     """
 
+    COLUMNS = ("step", "loss", "lr")
+
+    def __init__(self, path=None):
+        super().__init__()
+        self.path = path
+
     def on_train_begin(self, logs=None):
         self.steps, self.losses, self.rates = [], [], []
+        if self.path and os.path.exists(self.path):
+            with open(self.path, newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    self.steps.append(int(row["step"]))
+                    self.losses.append(float(row["loss"]))
+                    self.rates.append(float(row["lr"]))
+        self._saved = len(self.steps)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = _step_of(self.model.optimizer)
@@ -151,6 +170,44 @@ class LossCurve(keras.callbacks.Callback):
             self.losses.append((mean * count - self._mean * self._count) / (count - self._count))
             self.rates.append(self._rate)
         self._mean, self._count = mean, count
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.path:
+            return
+        new = not os.path.exists(self.path)
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            if new:
+                writer.writerow(self.COLUMNS)
+            for i in range(self._saved, len(self.steps)):
+                writer.writerow([self.steps[i], repr(self.losses[i]), repr(self.rates[i])])
+        self._saved = len(self.steps)
+
+
+class ElapsedTime(keras.callbacks.Callback):
+    """Adds ``seconds``, the training time so far, to every epoch's logs, where ``History`` and
+    ``CSVLogger`` record it.
+
+    >>> model.fit(train, epochs=10, callbacks=[ElapsedTime(), keras.callbacks.CSVLogger("h.csv")])
+
+    ``earlier`` is time spent before this ``fit`` (a resumed run's first part). Put it before the
+    callbacks that read the logs.
+    """
+
+    def __init__(self, earlier: float = 0.0):
+        super().__init__()
+        self.earlier = float(earlier)
+
+    def on_train_begin(self, logs=None):
+        self._started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.earlier + time.perf_counter() - self._started
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["seconds"] = round(self.seconds, 3)
 
 
 class LRFinder(keras.callbacks.Callback):
@@ -175,12 +232,8 @@ class LRFinder(keras.callbacks.Callback):
     def __init__(self, start_lr: float = 1e-3, end_lr: float = 1.0, num_steps: int = 1000,
                  beta: float = 0.98, diverge_factor: float = 4.0):
         super().__init__()
-        self.start_lr = _positive("start_lr", start_lr)
-        self.end_lr = _positive("end_lr", end_lr)
-        if self.end_lr <= self.start_lr:
-            raise ValueError(f"end_lr ({end_lr:g}) must be above start_lr ({start_lr:g})")
-        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 2:
-            raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
+        check_range_test(start_lr, end_lr, num_steps)
+        self.start_lr, self.end_lr = float(start_lr), float(end_lr)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {beta!r}")
         self.num_steps = int(num_steps)

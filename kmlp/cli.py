@@ -1,19 +1,23 @@
 """The ``kmlp`` command: a thin layer over the Python API.
 
     kmlp train [--preset NAME] [flags]        train a model, save it, print sampled names
-    kmlp evaluate DIR --split test            loss of a saved model on one split
+    kmlp evaluate DIR --split test            loss, perplexity, bits per character on one split
     kmlp sample DIR -n 20 --seed 1            names sampled from a saved model
-    kmlp score DIR emma zoe                   log-likelihood of names under a saved model
-    kmlp export DIR                           SavedModel for TensorFlow Serving in DIR/export/N
+    kmlp score DIR emma zoe                   log-likelihood of names under a saved model (or --file)
+    kmlp export DIR [--format litert]         SavedModel for TensorFlow Serving in DIR/export/N
+                                              (or model.tflite for LiteRT in DIR/litert/N)
     kmlp tune --max-minutes 30 --out DIR      hyperparameter search on the dev split (KerasTuner)
     kmlp lr-find --preset lecture --json      learning-rate range test and a suggested rate
+    kmlp serve DIR --port 8501                TensorFlow Serving's REST API and a playground page
 
-Every error in the input (files, flags, saved models) ends in a one-line message and exit status 2.
+Every error in the input (files, flags, saved models, output folders) ends in a one-line message,
+``kmlp: error: ...``, and exit status 2; flags and files are checked before TensorFlow loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ._quiet import silence_tensorflow
@@ -21,6 +25,18 @@ from ._quiet import silence_tensorflow
 
 class UsageError(ValueError):
     """A flag's value is wrong."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes raised as :class:`UsageError` (one line, from :func:`main`) instead
+    of a usage block and exit; subcommand parsers are made of the same class."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, docker stop, a scheduler), handled like Ctrl-C."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +78,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, help="passes over the train split, instead of --steps")
     g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer (lecture: sgd)")
     g.add_argument("--lr", type=float, help="initial learning rate (lecture: 0.1)")
-    g.add_argument("--weight-decay", type=float, help="decoupled weight decay (adamw, sgd)")
+    g.add_argument("--weight-decay", type=float,
+                   help="decoupled weight decay, applied by every optimizer (adam with it is adamw; "
+                        "0 for none)")
     g.add_argument("--decay-at", metavar="STEPS", type=_step_list,
                    help="comma-separated steps at which the rate is multiplied by --decay-factor "
                         "(lecture: 100000); 'none' for a constant rate")
@@ -90,12 +108,12 @@ def _step_list(text: str) -> list[int]:
 
 
 def config_from_args(args):
-    """Config = preset, then --config FILE, then every flag given on the command line."""
+    """Config = preset, then the options --config FILE sets, then every flag given on the command line."""
     from .config import Config, load_config_file, preset
 
     config = preset(args.preset or "default")
     if args.config:
-        config = config.replace(**load_config_file(args.config).to_dict())
+        config = load_config_file(args.config, base=config)
     names = [f for f in Config.__dataclass_fields__ if getattr(args, f, None) is not None]
     config = config.replace(**{f: getattr(args, f) for f in names})
     if args.epochs is not None:
@@ -105,20 +123,22 @@ def config_from_args(args):
 
 def cmd_train(args) -> int:
     from .data import NamesData
+    from .runs import check_out_dir, default_run_dir
 
     config = config_from_args(args)
     if args.samples < 0:
         raise UsageError(f"--samples must be 0 or more, got {args.samples}")
     if args.devices < 0:
         raise UsageError(f"--devices must be 0 (as the machine has them) or more, got {args.devices}")
-    # Flags and data are checked before TensorFlow loads, so mistakes are reported at once.
+    # Flags, output folder and data are checked before TensorFlow loads, so mistakes show at once.
+    out = check_out_dir(args.out or default_run_dir(args.preset or "default"))
     data = NamesData.for_config(args.data, config)
 
     from .sample import sample_names
     from .train import make_strategy, train
 
     strategy = make_strategy(args.strategy, devices=args.devices)
-    result = train(config, data=data, out_dir=args.out, preset_name=args.preset or "default",
+    result = train(config, data=data, out_dir=out, preset_name=args.preset or "default",
                    verbose=0 if args.quiet else 2, resume=args.resume, strategy=strategy)
     if args.samples:
         print(f"\n{args.samples} names sampled from the model:")
@@ -132,7 +152,8 @@ def add_train_parser(sub) -> None:
                        description="Train the MLP with model.fit on the train split, validating on dev; "
                                    "save the model, configuration, history and metrics to --out.")
     add_model_flags(p)
-    p.add_argument("--out", metavar="DIR", help="run directory to write (default: saved_models/<preset>)")
+    p.add_argument("--out", metavar="DIR", help="run directory to write (default: saved_models/<preset>); "
+                   "new, empty, or an earlier run, which is replaced (its exports are kept)")
     p.add_argument("--samples", type=int, default=10, help="names to sample and print at the end (default 10)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     g = p.add_argument_group("faults and devices")
@@ -153,21 +174,62 @@ def add_train_parser(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .data import NamesData
-    from .runs import load_run, update_metrics
-    from .train import EVAL_BATCH, evaluate_loss
+    import math
+
+    from .data import NamesData, file_sha256
+    from .runs import RunError, RunLock, add_evaluation, load_run, update_metrics
 
     run = load_run(args.run_dir)
-    data = NamesData.for_config(args.data or run.info.get("data"), run.config, vocab=run.vocab)
-    loss = evaluate_loss(run.model, data.dataset(args.split, EVAL_BATCH, shuffle=False))
-    update_metrics(run.path, **{f"{args.split}_loss": loss})
-    print(f"{args.split} loss {loss:.4f} ({data.num_examples(args.split):,} examples, "
-          f"{len(data.words[args.split]):,} names); recorded in {run.path / 'metrics.json'}")
+    with RunLock(run.path):  # checks the run can be written before the work
+        path = _data_file(run, args.data)
+        data = NamesData.for_config(path, run.config, vocab=run.vocab)
+        from .train import EVAL_BATCH, evaluate_loss
+
+        loss = evaluate_loss(run.model, data.dataset(args.split, EVAL_BATCH, shuffle=False))
+        figures = {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": loss / math.log(2)}
+        digest = file_sha256(path)
+        own = digest == run.info.get("data_sha256") if run.info.get("data_sha256") else \
+            path.resolve() == (run.data_path or path).resolve()  # runs from before the hash was kept
+        print(f"{args.split} loss {loss:.4f}, perplexity {figures['perplexity']:.3f}, "
+              f"{figures['bits_per_char']:.4f} bits per character ({data.num_examples(args.split):,} "
+              f"examples, {len(data.words[args.split]):,} names" + ("" if own else f" of {path}") + ")")
+        try:
+            if own:
+                update_metrics(run.path, **{f"{args.split}_{k}": v for k, v in figures.items()})
+                where = run.path / "metrics.json"
+            else:  # another file's split: recorded apart, never over the run's own figures
+                add_evaluation(run.path, {"data": str(path.resolve()), "data_sha256": digest,
+                                          "split": args.split, **figures,
+                                          "examples": data.num_examples(args.split)})
+                where = run.path / "evaluations.json"
+        except OSError as e:
+            raise RunError(f"{e.filename or run.path}: cannot be written ({e.strerror or e}); the "
+                           f"figures above were not recorded") from None
+    print(f"recorded in {where}")
     return 0
 
 
+def _data_file(run, data_flag):
+    """The names file to read for ``run``: ``--data`` if given, else the file it was trained on."""
+    from pathlib import Path
+
+    from .runs import RunError
+
+    if data_flag:
+        return Path(data_flag)
+    if run.data_path is None:
+        raise RunError(f"{run.path / 'config.json'} names no data file; pass --data PATH")
+    if not run.data_path.exists():
+        raise RunError(f"{run.path}: trained on {run.data_path}, which is missing; pass --data PATH")
+    return run.data_path
+
+
 def add_evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="loss of a saved model on a split (test: only at the very end)")
+    p = sub.add_parser("evaluate", help="loss of a saved model on a split (test: only at the very end)",
+                       description="Loss (mean cross-entropy per character, the end of a name counted as "
+                                   "one), perplexity and bits per character on one split, recorded in "
+                                   "metrics.json; on another names file (--data), in evaluations.json "
+                                   "with the file and its SHA-256.")
     p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
     p.add_argument("--split", choices=["train", "dev", "test"], default="dev", help="which split (default dev)")
     p.add_argument("--data", metavar="PATH", help="names file (default: the one the model was trained on)")
@@ -180,88 +242,116 @@ def add_evaluate_parser(sub) -> None:
 
 def cmd_sample(args) -> int:
     import json
-    import math
 
-    import numpy as np
+    from .drawing import Sampling, check_count, pick_seed
+
+    # Flags are checked before TensorFlow loads, so mistakes are reported at once.
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        prefix=args.prefix, min_len=args.min_len, max_len=args.max_len).check()
+    num, seed = check_count(args.num), pick_seed(args.seed)
 
     from .runs import load_run
-    from .sample import MAX_LEN, NameModel, where_found
+    from .sample import NameModel, split_index
 
-    max_len = MAX_LEN if args.max_len is None else args.max_len
-    if args.num < 1:
-        raise UsageError(f"-n/--num must be a positive integer, got {args.num}")
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise UsageError(f"--temperature must be a positive number, got {args.temperature}")
-    if args.top_k < 0:
-        raise UsageError(f"--top-k must be 0 (all characters) or more, got {args.top_k}")
-    if max_len < 1:
-        raise UsageError(f"--max-len must be a positive integer, got {max_len}")
     run = load_run(args.run_dir)
     lm = NameModel(run.model, run.vocab)
-    try:
-        lm.check(args.prefix, "--prefix")
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(2**31))
-    names = lm.sample(args.num, seed=seed, temperature=args.temperature, top_k=args.top_k,
-                      prefix=args.prefix, max_len=max_len)
-    splits, unavailable = _run_splits(run, args.data)
-    marks = where_found(names, splits) if splits else [None] * len(names)
-    new = sum(m == "new" for m in marks)
-    if args.json:
-        print(json.dumps({
-            "seed": seed, "temperature": args.temperature, "top_k": args.top_k, "prefix": args.prefix,
-            "names": [{"name": n, "found_in": m} for n, m in zip(names, marks)],
-            "new_share": new / len(names) if splits else None,
-            "marks_unavailable": unavailable,
-        }, indent=2, ensure_ascii=False))
-        return 0
-    width = max(map(len, names))
-    for name, mark in zip(names, marks):
-        print(f"{name:<{width}}  {mark}" if mark else name)
-    if splits:
-        seen = {split: sum(m == split for m in marks) for split in ("train", "dev", "test")}
-        print(f"new: {new} of {len(names)} ({new / len(names):.0%}); in train {seen['train']}, "
-              f"in dev/test {seen['dev'] + seen['test']}")
-    else:
-        print(f"kmlp: train/dev/test marks unavailable: {unavailable}", file=sys.stderr)
+    sampling.check(run.vocab.chars)  # the prefix against the vocabulary, before the data is read
+    splits, unavailable = run.splits(args.data)
+    if args.new and not splits:
+        raise UsageError(f"--new needs the names the model was trained on: {unavailable}")
+    split_of = split_index(splits) if splits else {}
+    names = lm.stream(num, seed, unique=args.unique, exclude=split_of if args.new else None,
+                      **sampling.to_dict())
+    found = dict.fromkeys(("train", "dev", "test", "new"), 0)
+    with _QuietOnClosedPipe():
+        if args.json:
+            head = {"seed": seed, **sampling.to_dict(), "unique": args.unique, "new": args.new}
+            sys.stdout.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "names": [')
+        try:
+            for i, name in enumerate(names):
+                mark = split_of.get(name, "new") if splits else None
+                if mark:
+                    found[mark] += 1
+                if args.json:
+                    entry = json.dumps({"name": name, "found_in": mark}, ensure_ascii=False)
+                    sys.stdout.write(("," if i else "") + "\n  " + entry)
+                else:
+                    sys.stdout.write(f"{name:<{NAME_WIDTH}}  {mark}\n" if mark else name + "\n")
+        finally:  # also when --unique/--new fall short: the names found so far stay readable
+            total = sum(found.values())
+            if args.json:
+                share = found["new"] / total if splits and total else None
+                sys.stdout.write(f'\n], "new_share": {json.dumps(share)}, '
+                                 f'"marks_unavailable": {json.dumps(unavailable, ensure_ascii=False)}}}\n')
+        if args.json:
+            return 0
+        if splits:
+            print(f"new: {found['new']} of {total} ({found['new'] / total:.0%}); in train {found['train']}, "
+                  f"in dev/test {found['dev'] + found['test']}")
+        else:
+            print(f"kmlp: train/dev/test marks unavailable: {unavailable}", file=sys.stderr)
     return 0
 
 
-def _run_splits(run, data_path):
-    """The run's train/dev/test names, from --data or the file it was trained on, and why not if not."""
-    from .data import DataError, NamesData
+NAME_WIDTH = 16  # names are printed as drawn, so the mark column is aligned for names up to this long
 
-    path = data_path or run.info.get("data")
-    if not path:
-        return None, f"{run.path / 'config.json'} names no data file; pass --data PATH"
-    try:
-        data = NamesData.for_config(path, run.config, vocab=run.vocab)
-    except DataError as e:
-        if data_path:  # asked for explicitly: an error, not a note
-            raise
-        return None, str(e)
-    return data.words, None
+
+class _QuietOnClosedPipe:
+    """Stop without a traceback when the reader of stdout goes away (``kmlp sample -n 10**7 | head``)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None:
+            try:
+                sys.stdout.flush()
+                return False
+            except BrokenPipeError:
+                kind = BrokenPipeError
+        if not issubclass(kind, BrokenPipeError):
+            return False
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail again
+        return True
 
 
 def add_sample_parser(sub) -> None:
+    from .drawing import DRAWS_PER_NAME, MAX_LEN, MAX_NAME_LENGTH, MIN_DRAWS
+
     p = sub.add_parser("sample", help="print names sampled from a saved model",
-                       description="Sample names in one batched, in-graph loop and mark each as found "
-                                   "in the run's train split, in dev/test, or new.")
+                       description="Sample names in batched, in-graph loops and mark each as found "
+                                   "in the run's train split, in dev/test, or new. Names are printed "
+                                   "as they are drawn, so -n can be as large as you like.")
     p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
     p.add_argument("-n", "--num", type=int, default=20, help="how many names (default 20)")
-    p.add_argument("--seed", type=int, help="random seed; the same seed gives the same names")
+    p.add_argument("--seed", type=int, help="random seed from 0 to 4294967295; the same seed gives the "
+                   "same names (and the first of them for a smaller -n)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="divides the logits: below 1 safer, more common names; above 1 wilder (default 1)")
-    p.add_argument("--top-k", type=int, default=0,
+    p.add_argument("--top-k", type=int, default=0, metavar="K",
                    help="draw only among the k likeliest next characters; 1 always takes the likeliest, "
                         "0 (default) considers all")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="nucleus sampling: draw only among the likeliest next characters whose "
+                        "probabilities add up to P (default 1: all)")
     p.add_argument("--prefix", default="", help="letters every name starts with")
-    p.add_argument("--max-len", type=int,
-                   help="characters generated at most per name; longer ones are cut (default 50)")
+    p.add_argument("--min-len", type=int, default=0,
+                   help="characters per name at least, prefix included: the end of a name is not "
+                        "drawn before (default 0)")
+    p.add_argument("--max-len", type=int, default=MAX_LEN,
+                   help=f"characters per name at most, prefix included; longer ones are cut "
+                        f"(default {MAX_LEN}, at most {MAX_NAME_LENGTH})")
+    p.add_argument("--unique", action="store_true", help="no name twice: draw until -n distinct names")
+    p.add_argument("--new", action="store_true",
+                   help="only names in none of the training file's splits: draw until -n are found")
     p.add_argument("--data", metavar="PATH",
                    help="names file that marks train/dev/test (default: the one the model was trained on)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.epilog = (f"--unique and --new give up, with an error, after max({MIN_DRAWS:,}, "
+                f"{DRAWS_PER_NAME} x N) draws.")
     p.set_defaults(func=cmd_sample)
 
 
@@ -270,6 +360,9 @@ def add_sample_parser(sub) -> None:
 
 
 def cmd_score(args) -> int:
+    if bool(args.names) == bool(args.file):
+        raise UsageError("give the names to score either as arguments or with --file PATH "
+                         "('-' for standard input)")
     import json
 
     from .runs import load_run
@@ -277,32 +370,84 @@ def cmd_score(args) -> int:
 
     run = load_run(args.run_dir)
     lm = NameModel(run.model, run.vocab)
-    bad = [n for n in args.names if run.vocab.unknown(n)]
-    if bad:
-        details = "; ".join(f"{n!r} has {''.join(run.vocab.unknown(n))!r}" for n in bad)
-        raise UsageError(f"names with characters outside the model's vocabulary: {details} "
-                         f"(it knows {''.join(run.vocab.chars)!r})")
-    scores = lm.score(args.names)
-    rows = [{"name": n, "log_likelihood": total, "per_char": total / tokens, "tokens": tokens}
-            for n, (total, tokens) in zip(args.names, scores)]
-    if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
-        return 0
-    width = max(4, *map(len, args.names))
-    print(f"{'name':<{width}}  {'log-lik':>8}  {'per char':>8}  tokens")
-    for r in rows:
-        print(f"{r['name']:<{width}}  {r['log_likelihood']:8.3f}  {r['per_char']:8.3f}  {r['tokens']:6d}")
+    if args.names:
+        bad = [n for n in args.names if run.vocab.unknown(n)]
+        if bad:
+            details = "; ".join(f"{n!r} has {''.join(run.vocab.unknown(n))!r}" for n in bad)
+            raise UsageError(f"names with characters outside the model's vocabulary: {details} "
+                             f"(it knows {''.join(run.vocab.chars)!r})")
+        names = iter(args.names)
+    elif args.file == "-":  # read as it comes: checked name by name
+        names = _known_names(_read_lines(sys.stdin.buffer, "<stdin>"), "<stdin>", run.vocab)
+    else:  # a file can be read twice: every name is checked before any is scored
+        for _ in _known_names(_read_file(args.file), args.file, run.vocab):
+            pass
+        names = (name for _, name in _read_file(args.file))
+    with _QuietOnClosedPipe():
+        sys.stdout.write("[" if args.json else f"{'log-lik':>9}  {'per char':>8}  {'tokens':>6}  name\n")
+        try:
+            for i, (name, total, tokens) in enumerate(lm.iter_scores(names)):
+                if args.json:
+                    row = {"name": name, "log_likelihood": total, "per_char": total / tokens, "tokens": tokens}
+                    sys.stdout.write(("," if i else "") + "\n  " + json.dumps(row, ensure_ascii=False))
+                else:
+                    sys.stdout.write(f"{total:9.3f}  {total / tokens:8.3f}  {tokens:6d}  {name}\n")
+        finally:
+            if args.json:
+                sys.stdout.write("\n]\n")
     return 0
+
+
+def _read_file(path):
+    """(line number, name) of each name in the file at ``path``, read line by line."""
+    from .data import DataError
+
+    try:
+        with open(path, "rb") as f:
+            yield from _read_lines(f, path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def _read_lines(stream, source):
+    """(line number, name) of each non-blank line of a binary stream (UTF-8, put in NFC form)."""
+    import unicodedata
+
+    from .data import DataError
+
+    for lineno, line in enumerate(stream, start=1):
+        try:
+            text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{source}:{lineno}: not valid UTF-8 (byte 0x{line[e.start]:02x} at "
+                            f"column {e.start + 1})") from None
+        text = unicodedata.normalize("NFC", text.strip())
+        if text:
+            yield lineno, text
+
+
+def _known_names(rows, source, vocab):
+    """The names of ``rows``, stopping at the first with characters the model does not know."""
+    for lineno, name in rows:
+        missing = vocab.unknown(name)
+        if missing:
+            raise UsageError(f"{source}:{lineno}: {name!r} has characters outside the model's "
+                             f"vocabulary: {''.join(missing)!r} (it knows {''.join(vocab.chars)!r})")
+        yield name
 
 
 def add_score_parser(sub) -> None:
     p = sub.add_parser("score", help="log-likelihood of names under a saved model",
                        description="Log-likelihood in nats of each name under the model: the total, "
                                    "and per token counting the end of the name (so it compares with "
-                                   "the loss). Any name with a character outside the vocabulary "
-                                   "stops the command (exit 2) before anything is scored.")
+                                   "the loss). Names come from the command line or, one per line, "
+                                   "from a file or standard input, and are scored and printed as they "
+                                   "are read. A name with a character outside the vocabulary stops "
+                                   "the command (exit 2); from a file, before anything is scored.")
     p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
-    p.add_argument("names", metavar="NAME", nargs="+", help="names to score")
+    p.add_argument("names", metavar="NAME", nargs="*", help="names to score")
+    p.add_argument("--file", metavar="PATH", help="read the names from this file, one per line; "
+                   "'-' reads standard input")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_score)
 
@@ -312,45 +457,54 @@ def add_score_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from .export import ExportError, export_run
+    from .config import check_positive_int
+
+    if args.version is not None:  # before TensorFlow loads
+        check_positive_int(args.version, "--version")
+    from .export import export_run
     from .runs import load_run
 
     run = load_run(args.run_dir)
-    try:
-        path = export_run(run, version=args.version)
-    except ExportError as e:
-        raise UsageError(str(e)) from None
+    path = export_run(run, version=args.version, format=args.format)
+    if args.format == "litert":
+        print(f"LiteRT model written to {path / 'model.tflite'}, its vocabulary to {path / 'model.json'}")
+        print(f"generate names with it (no TensorFlow needed): python -c \"from kmlp.litert import "
+              f"LiteRTModel, generate_names; print(generate_names(LiteRTModel('{path / 'model.tflite'}'), 5))\"")
+        return 0
     print(f"SavedModel written to {path}")
     print("signatures: serving_default (context -> next-character probabilities), generate, "
-          "generate_with_prefix, score")
+          "generate_with_prefix, generate_with_options, score")
     print(f"inspect it with: saved_model_cli show --dir {path} --all")
     return 0
 
 
 def add_export_parser(sub) -> None:
-    p = sub.add_parser("export", help="write a TensorFlow SavedModel for serving",
+    p = sub.add_parser("export", help="write a TensorFlow SavedModel for serving, or a LiteRT model",
                        description="Write the model, its vocabulary and its sampling and scoring "
                                    "functions as a SavedModel to DIR/export/<version>/, the layout "
-                                   "TensorFlow Serving loads.")
+                                   "TensorFlow Serving loads; or, with --format litert, a LiteRT "
+                                   "model (model.tflite and model.json) to DIR/litert/<version>/.")
     p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
+    p.add_argument("--format", choices=["saved_model", "litert"], default="saved_model",
+                   help="saved_model (default): for TensorFlow Serving; litert: for phones and "
+                        "embedded devices, run by the LiteRT interpreter")
     p.add_argument("--version", type=int,
                    help="version folder number (default: one more than the highest there); "
                         "an existing version is never replaced")
     p.set_defaults(func=cmd_export)
-
 
 # ---------------------------------------------------------------------------------------------
 # tune
 
 
 def cmd_tune(args) -> int:
-    from .tune import tune
+    from .config import check_search
+    from .runs import check_out_dir
 
-    for flag, value in (("--max-trials", args.max_trials), ("--steps", args.steps)):
-        if value < 1:
-            raise UsageError(f"{flag} must be a positive integer, got {value}")
-    if not args.max_minutes > 0:
-        raise UsageError(f"--max-minutes must be a positive number, got {args.max_minutes}")
+    check_search(args.max_trials, args.max_minutes, args.steps, args.seed, args.algorithm)
+    from .tune import OUT_ENTRIES, tune
+
+    check_out_dir(args.out, own_entries=OUT_ENTRIES, is_own=lambda path: True, what="search results")
     result = tune(data_path=args.data, out_dir=args.out, max_trials=args.max_trials,
                   max_minutes=args.max_minutes, steps=args.steps, seed=args.seed,
                   algorithm=args.algorithm)
@@ -358,7 +512,8 @@ def cmd_tune(args) -> int:
     if result.best is None:
         print("no trial completed, so no best_config.json was written")
         return 1
-    print(f"best dev loss {result.best['dev_loss']:.4f} (trial {result.best['trial']}); train it in full with:\n"
+    print(f"best dev loss {result.best['dev_loss']:.4f} (trial {result.best['trial']}, "
+          f"{result.best['steps']:,} steps); train it in full ({result.best_config.steps:,} steps) with:\n"
           f"  kmlp train --config {result.out_dir / 'best_config.json'} --out saved_models/tuned")
     return 0
 
@@ -391,44 +546,20 @@ def add_tune_parser(sub) -> None:
 
 def cmd_lr_find(args) -> int:
     import json
-    import math
-    from pathlib import Path
 
+    from .config import check_range_test
     from .data import NamesData
+    from .runs import check_out_dir
 
     config = config_from_args(args)
-    for flag, value in (("--start-lr", args.start_lr), ("--end-lr", args.end_lr)):
-        if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"{flag} must be a positive number, got {value:g}")
-    if args.end_lr <= args.start_lr:
-        raise UsageError(f"--end-lr ({args.end_lr:g}) must be above --start-lr ({args.start_lr:g})")
-    if args.num_steps < 2:
-        raise UsageError(f"--num-steps must be at least 2, got {args.num_steps}")
+    check_range_test(args.start_lr, args.end_lr, args.num_steps)
+    check_out_dir(args.out, own_entries={"lr_find.csv", "lr_find.png"}, is_own=lambda path: True,
+                  what="range test results")
     data = NamesData.for_config(args.data, config)
+    from .lr_find import range_test
 
-    import keras
-
-    from .lr_find import CSV_FILE, PLOT_FILE, lr_find
-    from .plots import plot_lr_find
-    from .train import build_compiled_model, set_op_threads
-
-    set_op_threads(config, len(data.vocab))  # the same thread choice as kmlp train, for the same speed
-    keras.utils.set_random_seed(config.seed)
-    model = build_compiled_model(config, len(data.vocab))
-    try:
-        result = lr_find(model, data.dataset("train", config.batch_size, seed=config.seed),
-                         start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.num_steps)
-    except ValueError as e:  # the loss was never finite: nothing to read a rate from
-        raise UsageError(f"{e} (now {args.start_lr:g})") from None
-    if result.diverged and result.floor_at_start:
-        raise UsageError(f"the loss diverged within {len(result.rates)} steps, at lr "
-                         f"{result.rates[-1]:.3g}, before it fell; try a smaller --start-lr "
-                         f"(now {args.start_lr:g}); nothing was written")
-    out = Path(args.out)
-    csv_path = result.write_csv(out / CSV_FILE)
-    plot_path = plot_lr_find(out / PLOT_FILE, result, title=(
-        f"Learning-rate range test: {config.optimizer}, batch {config.batch_size}, "
-        f"{model.count_params():,} parameters"))
+    result, csv_path, plot_path = range_test(config, data, start_lr=args.start_lr, end_lr=args.end_lr,
+                                             num_steps=args.num_steps, out_dir=args.out)
     if args.json:
         print(json.dumps({**result.to_json(), "csv": str(csv_path), "plot": str(plot_path)}, indent=2))
         return 0
@@ -466,34 +597,71 @@ def add_lr_find_parser(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    return serve(args.run_dir, host=args.host, port=args.port, model_name=args.model_name,
+                 data_path=args.data)
+
+
+def add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP: TensorFlow Serving's REST API and a "
+                                     "playground page",
+                       description="Serve the run's SavedModel (exported first if it has none) with "
+                                   "TensorFlow Serving's REST API at /v1/models/NAME, and a playground "
+                                   "page at / to sample names and see the model's next-character "
+                                   "probabilities. Ctrl-C stops it.")
+    p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for "
+                        "every network interface)")
+    p.add_argument("--port", type=int, default=8501,
+                   help="TCP port (default 8501, TensorFlow Serving's REST port; 0 for any free one)")
+    p.add_argument("--model-name", default="kmlp",
+                   help="the model's name in the URLs, /v1/models/NAME (default kmlp)")
+    p.add_argument("--data", metavar="PATH",
+                   help="names file that marks train/dev/test (default: the one the model was trained on)")
+    p.set_defaults(func=cmd_serve)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kmlp", description="A character-level MLP language model (Bengio et al. 2003) for names, "
-                                 "built with Keras.")
+    parser = Parser(prog="kmlp", description="A character-level MLP language model (Bengio et al. 2003) "
+                                             "for names, built with Keras.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (add_train_parser, add_evaluate_parser, add_sample_parser, add_score_parser,
-                add_export_parser, add_tune_parser, add_lr_find_parser):
+                add_export_parser, add_tune_parser, add_lr_find_parser, add_serve_parser):
         add(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    silence_tensorflow()
+    """Run one command; every mistake in the input is one line on stderr and exit status 2."""
     from .config import ConfigError
     from .data import DataError
     from .runs import RunError, TrainingDiverged  # (importing kmlp.train would load TensorFlow)
 
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
+        args = build_parser().parse_args(argv)
+        silence_tensorflow()
         return args.func(args)
     except (DataError, ConfigError, RunError, UsageError, TrainingDiverged) as e:
         print(f"kmlp: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("kmlp: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print("kmlp: " + ("terminated" if isinstance(e, Terminated) else "interrupted"), file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-"""Configuration: one small dataclass for a training run, and named presets of it."""
+"""Configuration: one small dataclass for a training run, named presets of it, and the rules every
+option is checked by (without loading TensorFlow, so that the command line reports a mistake at once).
+
+Each rule is one function, used by the Python API and the command line alike; it raises
+:class:`ConfigError` with a message naming the option as the command line spells it.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -12,16 +18,99 @@ class ConfigError(ValueError):
     """A configuration value is out of range; the message names the option."""
 
 
-PRECISIONS = ("float32", "mixed_bfloat16")  # Keras dtype policies a model can be built with
-
 MAX_SEED = 2**32 - 1  # what numpy's and Python's generators (seeded by keras.utils.set_random_seed) take
 
 
 def check_seed(value, flag: str = "--seed") -> int:
     """``value`` if it is a valid seed (an integer from 0 to :data:`MAX_SEED`), else :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+    if not _is_int(value) or not 0 <= value <= MAX_SEED:
         raise ConfigError(f"{flag} must be an integer from 0 to {MAX_SEED}, got {value!r}")
     return value
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_positive_int(value, flag: str) -> int:
+    if not _is_int(value) or value < 1:
+        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_positive_number(value, flag: str) -> float:
+    if not _is_number(value) or not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{flag} must be a positive number, got {value!r}")
+    return float(value)
+
+
+NORMS = ("none", "batch", "layer")
+INITS = ("glorot", "normal")
+PRECISIONS = ("float32", "mixed_bfloat16")  # Keras dtype policies a model can be built with
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("step", "cosine")
+
+
+def _choices(options) -> str:
+    return ", ".join(options[:-1]) + " or " + options[-1]
+
+
+def check_model_options(block_size=3, n_embd=10, n_hidden=200, n_layers=1, dropout=0.0, rdrop=0.0,
+                        norm="none", init="glorot", precision="float32") -> None:
+    """The rules for the model's shape and regularisation, for :meth:`Config.validate` and
+    :func:`kmlp.model.build_model` alike; :class:`ConfigError` names the flag."""
+    for flag, value in (("--block-size", block_size), ("--n-embd", n_embd), ("--n-hidden", n_hidden),
+                        ("--n-layers", n_layers)):
+        check_positive_int(value, flag)
+    if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"--dropout must be in [0, 1), got {dropout!r}")
+    if not _is_number(rdrop) or not (math.isfinite(rdrop) and rdrop >= 0):
+        raise ConfigError(f"--rdrop must be a number >= 0, got {rdrop!r}")
+    if rdrop and not dropout:
+        raise ConfigError("--rdrop needs --dropout above 0 (without dropout its two passes agree); "
+                          "add --rdrop 0 to train without either")
+    if norm not in NORMS:
+        raise ConfigError(f"--norm must be {_choices(NORMS)}, got {norm!r}")
+    if init not in INITS:
+        raise ConfigError(f"--init must be {_choices(INITS)}, got {init!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be {_choices(PRECISIONS)}, got {precision!r}")
+
+
+def check_optimizer_options(optimizer="sgd", lr=0.1, weight_decay=0.0) -> None:
+    """The rules for the optimizer, for :meth:`Config.validate` and :func:`kmlp.model.make_optimizer`."""
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer must be {_choices(OPTIMIZERS)}, got {optimizer!r}")
+    check_positive_number(lr, "--lr")
+    if not _is_number(weight_decay) or not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ConfigError(f"--weight-decay must be a number >= 0, got {weight_decay!r}")
+
+
+def check_range_test(start_lr, end_lr, num_steps) -> None:
+    """The rules for the learning-rate range test (``kmlp lr-find``, :class:`kmlp.callbacks.LRFinder`)."""
+    check_positive_number(start_lr, "--start-lr")
+    check_positive_number(end_lr, "--end-lr")
+    if end_lr <= start_lr:
+        raise ConfigError(f"--end-lr ({end_lr:g}) must be above --start-lr ({start_lr:g})")
+    if not _is_int(num_steps) or num_steps < 2:
+        raise ConfigError(f"--num-steps must be an integer of at least 2, got {num_steps!r}")
+
+
+SEARCH_ALGORITHMS = ("hyperband", "random")
+
+
+def check_search(max_trials, max_minutes, steps, seed, algorithm) -> None:
+    """The rules for a hyperparameter search (``kmlp tune``, :func:`kmlp.tune.tune`)."""
+    check_positive_int(max_trials, "--max-trials")
+    check_positive_number(max_minutes, "--max-minutes")
+    check_positive_int(steps, "--steps")
+    check_seed(seed, "--seed")
+    if algorithm not in SEARCH_ALGORITHMS:
+        raise ConfigError(f"--algorithm must be {_choices(SEARCH_ALGORITHMS)}, got {algorithm!r}")
 
 
 @dataclass
@@ -45,7 +134,7 @@ class Config:
     epochs: int | None = None    # passes over the train split, instead of steps
     optimizer: str = "sgd"       # sgd, adam or adamw
     lr: float = 0.1
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0    # decoupled weight decay, applied by every optimizer
     decay_at: list[int] = field(default_factory=lambda: [100_000])  # steps where the rate is cut
     decay_factor: float = 0.1    # the rate is multiplied by this at each milestone
     schedule: str = "step"       # step (milestones above) or cosine
@@ -58,43 +147,27 @@ class Config:
     jit_compile: bool = True     # compile the training step with XLA
 
     def validate(self) -> "Config":
-        positive = ("block_size", "n_embd", "n_hidden", "n_layers", "batch_size")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.epochs is None and (self.steps is None or self.steps < 1):
-            raise ConfigError(f"--steps must be a positive integer, got {self.steps!r}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"--epochs must be a positive integer, got {self.epochs!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
-        if not (isinstance(self.rdrop, (int, float)) and math.isfinite(self.rdrop) and self.rdrop >= 0):
-            raise ConfigError(f"--rdrop must be >= 0, got {self.rdrop!r}")
-        if self.rdrop and not self.dropout:
-            raise ConfigError("--rdrop needs --dropout above 0 (without dropout its two passes agree); "
-                              "add --rdrop 0 to train without either")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
-        if not (math.isfinite(self.decay_factor) and self.decay_factor > 0):
-            raise ConfigError(f"--decay-factor must be a positive number, got {self.decay_factor!r}")
-        if any((not isinstance(s, int)) or s < 1 for s in self.decay_at):
+        """This configuration, if every value is in range; else :class:`ConfigError` naming the flag."""
+        check_model_options(block_size=self.block_size, n_embd=self.n_embd, n_hidden=self.n_hidden,
+                            n_layers=self.n_layers, dropout=self.dropout, rdrop=self.rdrop, norm=self.norm,
+                            init=self.init, precision=self.precision)
+        check_optimizer_options(self.optimizer, self.lr, self.weight_decay)
+        check_positive_int(self.batch_size, "--batch-size")
+        if self.epochs is None:
+            check_positive_int(self.steps, "--steps")
+        else:
+            check_positive_int(self.epochs, "--epochs")
+        check_positive_number(self.decay_factor, "--decay-factor")
+        if not isinstance(self.decay_at, list) or any(not _is_int(s) or s < 1 for s in self.decay_at):
             raise ConfigError(f"--decay-at takes positive step counts, got {self.decay_at!r}")
-        if self.norm not in ("none", "batch", "layer"):
-            raise ConfigError(f"--norm must be none, batch or layer, got {self.norm!r}")
-        if self.init not in ("glorot", "normal"):
-            raise ConfigError(f"--init must be glorot or normal, got {self.init!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.optimizer not in ("sgd", "adam", "adamw"):
-            raise ConfigError(f"--optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
-        if self.schedule not in ("step", "cosine"):
-            raise ConfigError(f"--schedule must be step or cosine, got {self.schedule!r}")
-        if self.steps_per_call < 0:
-            raise ConfigError(f"--steps-per-call must be >= 0, got {self.steps_per_call!r}")
-        if not isinstance(self.plateau_patience, int) or self.plateau_patience < 0:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule must be {_choices(SCHEDULES)}, got {self.schedule!r}")
+        check_seed(self.seed, "--seed")
+        check_seed(self.split_seed, "--split-seed")
+        if not _is_int(self.steps_per_call) or self.steps_per_call < 0:
+            raise ConfigError(f"--steps-per-call must be 0 (chosen for you) or a positive integer, "
+                              f"got {self.steps_per_call!r}")
+        if not _is_int(self.plateau_patience) or self.plateau_patience < 0:
             raise ConfigError(f"--plateau-patience must be 0 (off) or a positive integer, "
                               f"got {self.plateau_patience!r}")
         if self.plateau_patience and self.decay_factor >= 1:
@@ -111,9 +184,6 @@ class Config:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown option(s): {', '.join(unknown)}")
-        if "split_seed" not in values and "seed" in values:
-            # Files written before split_seed existed split the names with their seed.
-            values = {**values, "split_seed": values["seed"]}
         return cls(**values)
 
     def replace(self, **changes) -> "Config":
@@ -153,17 +223,24 @@ def preset(name: str) -> Config:
     return Config.from_dict(PRESETS[name], source=f"preset {name!r}")
 
 
-def load_config_file(path: str | Path) -> Config:
-    """A configuration from a JSON file (as written by ``kmlp tune`` or found in a run's config.json)."""
+def load_config_file(path: str | Path, base: Config | None = None) -> Config:
+    """``base`` (default: :class:`Config`'s defaults) with the options a JSON file sets.
+
+    The file holds some or all options (``kmlp tune`` writes all of them); a run's config.json, which
+    holds them under ``"config"``, is accepted too. Options the file leaves out keep ``base``'s values.
+    """
     path = Path(path)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a JSON file of options") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     if isinstance(values, dict) and isinstance(values.get("config"), dict):
         values = values["config"]  # a run's config.json holds the configuration under "config"
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a JSON object of options")
-    return Config.from_dict(values, source=str(path))
+    base = base or Config()
+    return Config.from_dict({**base.to_dict(), **values}, source=str(path))

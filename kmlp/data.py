@@ -107,7 +107,7 @@ def resolve_data_path(path: str | os.PathLike | None = None, download: bool = Tr
     if DEFAULT_DATA.exists():
         return DEFAULT_DATA
     beside = PROJECT_ROOT.parent / "shared" / "data" / "names.txt"
-    if beside.exists() and _sha256(beside) == NAMES_SHA256:
+    if beside.exists() and file_sha256(beside) == NAMES_SHA256:
         return beside
     if not download:
         raise DataError(f"{DEFAULT_DATA}: no such file")
@@ -138,8 +138,13 @@ def download_names(dest: Path = DEFAULT_DATA, url: str = NAMES_URL, sha256: str 
     return dest
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def file_sha256(path) -> str:
+    """The SHA-256 of a file, read in pieces (names files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,10 +178,6 @@ class Vocabulary:
 
     def __repr__(self) -> str:
         return f"Vocabulary({''.join(self.chars)!r})"
-
-    @property
-    def size(self) -> int:
-        return len(self)
 
     def unknown(self, word: str) -> list[str]:
         """Characters of ``word`` that the vocabulary lacks, in order of appearance."""

@@ -1,10 +1,12 @@
 """The learning-rate range test: run it, read a rate off the curve, save the curve.
 
-    from kmlp.lr_find import lr_find
+    from kmlp.lr_find import lr_find, range_test
 
     result = lr_find(model, data.dataset("train", 32))   # 1,000 steps, rates 1e-3 .. 1
     result.suggested_lr                                    # e.g. 0.1 for the lecture's model
     model.fit(...)                                         # starts from the untouched model
+
+    result = range_test(kmlp.preset("lecture"), data, out_dir="lr")   # what `kmlp lr-find` runs
 
 See :class:`kmlp.callbacks.LRFinder` for the test itself.
 """
@@ -103,25 +105,23 @@ def suggest_lr(rates, losses) -> float:
     The floor is the largest rate that still lowers the loss; above it larger steps make things
     worse and soon the loss blows up. The best constant rate is usually within a factor of two below
     that (Bengio, "Practical recommendations for gradient-based training of deep architectures",
-    2012; Smith 2017 uses the same rule of thumb), hence half. On the lecture's model (names.txt,
-    SGD, batch 32) this gives 0.07-0.21 over seeds and test lengths of 300-1,000 steps, around the
-    lecture's 0.1. Two other common rules did worse there: the steepest descent of the smoothed
-    curve landed at 0.001-0.002 (the noise of the first steps dominates the slope), and fastai's
-    older "minimum of the smoothed curve / 10" at 0.02-0.06, moving with the test's length (the
-    moving average lags the rate by ~50 steps).
+    2012; Smith 2017 uses the same rule of thumb), hence half. How this and other rules fare on the
+    lecture's model is in the README ("Learning rate").
     """
     return valley_floor(rates, losses)[0] / 2
 
 
 def lr_find(model, dataset, start_lr: float = 1e-3, end_lr: float = 1.0, num_steps: int = 1000,
-            beta: float = 0.98, diverge_factor: float = 4.0, verbose: int = 0) -> LRFindResult:
+            beta: float = 0.98, diverge_factor: float = 4.0, verbose: int = 0,
+            finder: LRFinder | None = None) -> LRFindResult:
     """Run the range test on a compiled model and return the curve with a suggested rate.
 
     ``dataset`` yields plain minibatches (at least ``num_steps`` of them; a repeating train split
-    is best). The model and its optimizer are left exactly as they were.
+    is best). The model and its optimizer are left exactly as they were. ``finder`` is an
+    :class:`~kmlp.callbacks.LRFinder` to use instead of one made from the other arguments.
     """
-    finder = LRFinder(start_lr, end_lr, num_steps, beta=beta, diverge_factor=diverge_factor)
-    model.fit(dataset, steps_per_epoch=num_steps, epochs=1, callbacks=[finder], verbose=verbose,
+    finder = finder or LRFinder(start_lr, end_lr, num_steps, beta=beta, diverge_factor=diverge_factor)
+    model.fit(dataset, steps_per_epoch=finder.num_steps, epochs=1, callbacks=[finder], verbose=verbose,
               shuffle=False)  # the dataset is shuffled already, or meant to be in order
     if not finder.rates:
         raise ValueError("the range test ran no steps (is the dataset empty?)")
@@ -130,3 +130,37 @@ def lr_find(model, dataset, start_lr: float = 1e-3, end_lr: float = 1.0, num_ste
                         suggested_lr=suggest_lr(finder.rates, finder.losses), floor_lr=floor_lr,
                         floor_loss=floor_loss, diverged=finder.diverged, start_lr=finder.start_lr,
                         end_lr=finder.end_lr, num_steps=finder.num_steps)
+
+
+def range_test(config, data, start_lr: float = 1e-3, end_lr: float = 1.0, num_steps: int = 1000,
+               out_dir="saved_models/lr_find") -> tuple[LRFindResult, Path, Path]:
+    """The range test on a fresh model of ``config`` (on its :class:`~kmlp.data.NamesData`), with
+    the curve written to ``out_dir`` as lr_find.csv and lr_find.png: ``(result, csv, png)``.
+
+    ``out_dir`` may be new, empty or hold an earlier test's files; anything else is refused before
+    any work. A test whose loss diverged before it fell raises :class:`kmlp.config.ConfigError`
+    (there is nothing to read a rate from) and writes nothing.
+    """
+    from . import runs
+    from .config import ConfigError
+    from .plots import plot_lr_find
+    from .train import prepare
+
+    finder = LRFinder(start_lr, end_lr, num_steps)  # checks the range before any work
+    out_dir = runs.check_out_dir(out_dir, own_entries={CSV_FILE, PLOT_FILE}, is_own=lambda path: True,
+                                 what="range test results")
+    with runs.RunLock(out_dir):
+        setup = prepare(config, data, log=lambda *_: None)
+        try:
+            result = lr_find(setup.model, setup.train_dataset(steps_per_call=1), finder=finder)
+        except ValueError as e:  # the loss was never finite
+            raise ConfigError(f"{e} (now {start_lr:g})") from None
+        if result.diverged and result.floor_at_start:
+            raise ConfigError(f"the loss diverged within {len(result.rates)} steps, at lr "
+                              f"{result.rates[-1]:.3g}, before it fell; try a smaller --start-lr "
+                              f"(now {start_lr:g}); nothing was written")
+        csv_path = result.write_csv(out_dir / CSV_FILE)
+        plot_path = plot_lr_find(out_dir / PLOT_FILE, result, title=(
+            f"Learning-rate range test: {setup.config.optimizer}, batch {setup.config.batch_size}, "
+            f"{setup.model.count_params():,} parameters"))
+    return result, csv_path, plot_path

@@ -11,13 +11,11 @@ At the lecture's size (vocab 27, block_size 3, n_embd 10, n_hidden 200) this is 
 
 from __future__ import annotations
 
-import math
-
 import keras
 import tensorflow as tf
 from keras import layers
 
-from .config import PRECISIONS
+from .config import check_model_options, check_optimizer_options, check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="kmlp")
@@ -78,7 +76,7 @@ class CharMLP(keras.Model):
             return super().train_step(self._twice(x, y, sample_weight))
         steps = tf.shape(x)[0]
 
-        def one_step(i, total):
+        def one_step(i):
             xb, yb = self._twice(x[i], y[i])
             with tf.GradientTape() as tape:
                 y_pred = self(xb, training=True)
@@ -86,9 +84,9 @@ class CharMLP(keras.Model):
                 self._loss_tracker.update_state(loss, sample_weight=tf.shape(yb)[0])
             grads = tape.gradient(loss, self.trainable_weights)
             self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
-            return i + 1, total + loss
+            return i + 1
 
-        tf.while_loop(lambda i, _: i < steps, one_step, (tf.constant(0), tf.constant(0.0)))
+        tf.while_loop(lambda i: i < steps, one_step, (tf.constant(0),))
         return self.get_metrics_result()
 
 
@@ -116,12 +114,13 @@ class TwoPasses(layers.Layer):
 
 
 def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_hidden: int = 200,
-                n_layers: int = 1, dropout: float = 0.0, norm: str | None = None,
+                n_layers: int = 1, dropout: float = 0.0, norm: str = "none",
                 init: str = "glorot", seed: int | None = None, rdrop: float = 0.0,
                 precision: str = "float32", name: str = "kmlp") -> keras.Model:
     """The MLP as a Keras functional model (uncompiled; see :func:`compile_model`).
 
-    ``n_layers`` hidden tanh layers of ``n_hidden`` units each; ``norm`` ("batch" or "layer") puts a
+    ``n_layers`` hidden tanh layers of ``n_hidden`` units each; ``norm`` ("batch" or "layer"; "none"
+    for none) puts a
     normalisation before each tanh (as the lecture's batchnorm part does) and ``dropout`` a dropout
     after it. ``init`` is how the dense layers start: ``glorot`` (Keras's scaled uniform, zero biases)
     or ``normal`` (every weight and bias drawn from N(0, 1) like the lecture's ``torch.randn``, which
@@ -129,28 +128,15 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
     (see :class:`CharMLP`; it needs dropout, and adds a :class:`TwoPasses` before the first dropout).
     ``precision`` is the Keras dtype policy of every layer but the logits: ``float32``, or
     ``mixed_bfloat16`` (weights in float32, matrix products in bfloat16, which oneDNN runs faster on
-    CPUs with bfloat16 instructions such as AVX512_BF16; XLA's CPU path does not use them, so compile
-    without it). As in Keras's mixed precision, batch normalisation computes in float32 and the logits
-    layer is float32, so the logits, the softmax and the loss are float32. The policy is saved with
-    each layer: a loaded model computes as the trained one did. The other defaults are the lecture's
-    model.
+    CPUs with bfloat16 instructions such as AVX512_BF16; compile without XLA to get that). As in
+    Keras's mixed precision, batch normalisation computes in float32 and the logits layer is float32,
+    so the logits, the softmax and the loss are float32. The policy is saved with each layer: a loaded
+    model computes as the trained one did. The other defaults are the lecture's model. A value out of
+    range raises :class:`kmlp.config.ConfigError`.
     """
-    for label, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_embd", n_embd),
-                         ("n_hidden", n_hidden), ("n_layers", n_layers)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label} must be a positive integer, got {value!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if norm not in (None, "none", "batch", "layer"):
-        raise ValueError(f"norm must be 'batch', 'layer' or none, got {norm!r}")
-    if init not in ("glorot", "normal"):
-        raise ValueError(f"init must be 'glorot' or 'normal', got {init!r}")
-    if not (math.isfinite(rdrop) and rdrop >= 0):
-        raise ValueError(f"rdrop must be >= 0, got {rdrop!r}")
-    if rdrop and not dropout:
-        raise ValueError("rdrop needs dropout: without it the two passes make the same prediction")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_positive_int(vocab_size, "vocab_size")
+    check_model_options(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers,
+                        dropout=dropout, rdrop=rdrop, norm=norm, init=init, precision=precision)
 
     def weights(i):
         s = None if seed is None else seed + i
@@ -192,19 +178,19 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
 
 def make_optimizer(name: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,
                    clipnorm: float | None = None) -> keras.optimizers.Optimizer:
-    """A Keras optimizer by name: ``sgd`` (the lecture's), ``adam`` or ``adamw``."""
-    kwargs = {"learning_rate": lr}
+    """A Keras optimizer by name: ``sgd`` (the lecture's), ``adam`` or ``adamw``.
+
+    ``weight_decay`` is decoupled weight decay (Loshchilov and Hutter), which every Keras optimizer
+    applies, so ``adam`` with it is ``adamw``; ``adamw`` without it is ``adam``.
+    """
+    check_optimizer_options(name, lr, weight_decay)
+    kwargs = {"learning_rate": float(lr)}
     if clipnorm:
         kwargs["clipnorm"] = clipnorm
-    if name == "sgd":
-        if weight_decay:
-            kwargs["weight_decay"] = weight_decay
-        return keras.optimizers.SGD(**kwargs)
-    if name == "adam":
-        return keras.optimizers.Adam(**kwargs)
-    if name == "adamw":
-        return keras.optimizers.AdamW(weight_decay=weight_decay or 0.0, **kwargs)
-    raise ValueError(f"unknown optimizer {name!r}; choose sgd, adam or adamw")
+    if weight_decay or name == "adamw":  # (AdamW's own default is not 0)
+        kwargs["weight_decay"] = float(weight_decay)
+    return {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam,
+            "adamw": keras.optimizers.AdamW}[name](**kwargs)
 
 
 def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer | str = "sgd",

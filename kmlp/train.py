@@ -1,29 +1,30 @@
 """Training: a Config and a names file in, a run directory out.
 
-``train()`` is what ``kmlp train`` runs: it builds the data pipeline and the model, calls
-``model.fit`` on the train split with the dev split as validation, evaluates both splits in full,
-and writes the run directory (see :mod:`kmlp.runs`) only once everything has succeeded.
+:func:`prepare` turns a configuration and its data into a run ready to ``fit`` (seed, threads,
+strategy, compiled model, plan, learning-rate callbacks); ``kmlp train`` (:func:`train`), each
+``kmlp tune`` trial and ``kmlp lr-find`` all start from it. :func:`train` fits on the train split
+with the dev split as validation, evaluates both, and writes the run directory (see
+:mod:`kmlp.runs`) only once everything has succeeded.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from . import backup as backups
 from . import plots, runs
-from .runs import TrainingDiverged  # noqa: F401  (defined there so the CLI loads without TensorFlow)
-from .callbacks import CosineDecay, LossCurve, StepDecay
-from .config import Config
-from .data import NamesData
+from .callbacks import CosineDecay, StepDecay
+from .config import Config, ConfigError
+from .data import NamesData, file_sha256
 from .model import build_model, compile_model, make_optimizer
+from .runs import TrainingDiverged
 
 EVAL_BATCH = 4096
 MAX_STEPS_PER_CALL = 250
@@ -65,8 +66,12 @@ def plan_training(config: Config, data: NamesData) -> Plan:
     return Plan(steps=steps, steps_per_call=per_call, calls_per_epoch=calls // epochs, epochs=epochs)
 
 
-def fit_verdict(train_loss: float, dev_loss: float) -> str:
+def fit_verdict(train_loss: float, dev_loss: float, vocab_size: int) -> str:
     """One line on under- or overfitting, from the gap between dev and train loss."""
+    uniform = math.log(vocab_size)
+    if train_loss >= uniform:
+        return (f"barely trained: train loss {train_loss:.3f} is no better than a uniform guess over "
+                f"the {vocab_size} tokens ({uniform:.3f}); train for more steps")
     gap = dev_loss - train_loss
     if gap > 0.08:
         return (f"overfits: dev loss is {gap:.3f} above train; more regularisation (dropout, weight "
@@ -99,16 +104,12 @@ def make_strategy(name: str = "default", devices: int = 0) -> tf.distribute.Stra
     raise ValueError(f"unknown strategy {name!r}; choose default or mirrored")
 
 
-def default_out_dir(name: str) -> Path:
-    return Path("saved_models") / name
-
-
 def build_compiled_model(config: Config, vocab_size: int) -> keras.Model:
     """The configured model, compiled with the configured optimizer (at the initial rate)."""
     model = build_model(vocab_size=vocab_size, block_size=config.block_size, n_embd=config.n_embd,
                         n_hidden=config.n_hidden, n_layers=config.n_layers, dropout=config.dropout,
-                        norm=None if config.norm == "none" else config.norm, init=config.init,
-                        seed=config.seed, rdrop=config.rdrop, precision=config.precision)
+                        norm=config.norm, init=config.init, seed=config.seed, rdrop=config.rdrop,
+                        precision=config.precision)
     optimizer = make_optimizer(config.optimizer, config.lr, weight_decay=config.weight_decay)
     return compile_model(model, optimizer, jit_compile=config.jit_compile)
 
@@ -157,198 +158,179 @@ def count_weights(config: Config, vocab_size: int) -> int:
     return vocab_size * config.n_embd + hidden + config.n_hidden * vocab_size
 
 
+@dataclass
+class Setup:
+    """A run ready to ``fit``: its configuration (as it will run), data, compiled model and plan."""
+
+    config: Config
+    data: NamesData
+    model: keras.Model
+    plan: Plan
+    strategy: tf.distribute.Strategy
+
+    def train_dataset(self, start_step: int = 0, steps_per_call: int | None = None):
+        """The shuffled train split, chunked as the plan says (``steps_per_call`` overrides it)."""
+        per_call = self.plan.steps_per_call if steps_per_call is None else steps_per_call
+        return self.data.dataset("train", self.config.batch_size, seed=self.config.seed,
+                                 steps_per_call=per_call, start_step=start_step)
+
+    def fit(self, callbacks=(), start_epoch: int = 0, validate: bool = True, verbose: int = 0):
+        """``model.fit`` as planned, with the rate schedule first, then ``callbacks``."""
+        return self.model.fit(
+            self.train_dataset(start_step=start_epoch * self.plan.steps_per_epoch),
+            steps_per_epoch=self.plan.calls_per_epoch, epochs=self.plan.epochs,
+            validation_data=self.data.dataset("dev", EVAL_BATCH) if validate else None,
+            callbacks=[*rate_callbacks(self.config, self.plan), *callbacks], verbose=verbose,
+            shuffle=False)  # the pipeline shuffles
+
+    def describe(self) -> str:
+        devices = self.strategy.num_replicas_in_sync
+        return (f"model: {self.model.count_params():,} parameters; {self.plan.steps:,} steps at batch "
+                f"{self.config.batch_size} ({self.plan.epochs} evaluations on dev, "
+                f"{self.plan.steps_per_call} steps per compiled call"
+                + (f", {devices} devices)" if devices > 1 else ")"))
+
+
+def prepare(config: Config, data: NamesData, strategy: tf.distribute.Strategy | None = None,
+            choose_threads: bool = True, log=print) -> Setup:
+    """Everything up to ``fit``: checks, op threads (see :func:`set_op_threads`), seed, the compiled
+    model under ``strategy``, and the plan.
+
+    The configuration is adjusted where it cannot run as given, and the change logged: a batch
+    larger than the train split is the whole split; several devices run one optimizer step per call,
+    without XLA (the chunked step does not scale the loss per replica, and XLA cannot compile a step
+    whose variables live on several devices).
+    """
+    config.validate()
+    if data.block_size != config.block_size or data.seed != config.split_seed:
+        raise ConfigError(f"the data was built for --block-size {data.block_size} and --split-seed "
+                          f"{data.seed}, the configuration has {config.block_size} and "
+                          f"{config.split_seed}; load it with NamesData.for_config(path, config)")
+    examples = data.num_examples("train")
+    if config.batch_size > examples:
+        log(f"--batch-size {config.batch_size} is more than the {examples:,} training examples: "
+            f"every step uses all of them")
+        config = config.replace(batch_size=examples)
+    strategy = strategy or tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1:
+        config = config.replace(steps_per_call=1, jit_compile=False)
+    if choose_threads:
+        set_op_threads(config, len(data.vocab))
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = build_compiled_model(config, len(data.vocab))
+    return Setup(config=config, data=data, model=model, plan=plan_training(config, data), strategy=strategy)
+
+
 def train(config: Config, data_path=None, out_dir=None, preset_name: str | None = None,
           callbacks=(), verbose: int = 1, log=print, data: NamesData | None = None,
           resume: bool = False, strategy: tf.distribute.Strategy | None = None) -> "TrainResult":
     """Train a model as configured and write its run directory; returns the result.
 
     ``data`` is the already loaded ``data_path``, if the caller has it. ``callbacks`` are extra Keras
-    callbacks for ``model.fit``. Raises :class:`TrainingDiverged` (and saves nothing) if the loss
-    blows up.
+    callbacks for ``model.fit``. ``out_dir`` (default ``saved_models/<preset>``) may be new, empty or
+    an earlier run, which is replaced (its exports are kept); anything else is refused before any
+    work, and one process at a time writes it (:class:`kmlp.runs.RunLock`). Raises
+    :class:`TrainingDiverged`, saving nothing, if the loss blows up.
 
-    Every epoch is backed up beside the run (:func:`kmlp.runs.backup_dir`, Keras's
-    ``BackupAndRestore``); if the process dies, the same call with ``resume=True`` continues from
-    the last completed epoch, with the same minibatches an uninterrupted run would have seen. The
-    backup is deleted once the run is saved. ``strategy`` (see :func:`make_strategy`) spreads each
+    Every epoch is backed up beside the run (:mod:`kmlp.backup`); if the process dies, the same call
+    with ``resume=True`` continues from the last completed epoch, with the same minibatches an
+    uninterrupted run would have seen. ``strategy`` (see :func:`make_strategy`) spreads each
     minibatch over several devices.
     """
-    config.validate()
     started = time.perf_counter()
-    if data is None:
-        data = NamesData.for_config(data_path, config)
-    set_op_threads(config, len(data.vocab))
-    keras.utils.set_random_seed(config.seed)
-    log(f"data: {data.path}; {data.summary()}")
-    out_dir = Path(out_dir) if out_dir else default_out_dir(preset_name or "custom")
-    strategy = strategy or tf.distribute.get_strategy()
-    if strategy.num_replicas_in_sync > 1:
-        # The chunked step (several optimizer steps per call) does not scale the loss per replica,
-        # Keras's own one-step train_step does; XLA cannot compile a step whose variables live on
-        # several devices ("Trying to access resource ... located in device CPU:1").
-        config = config.replace(steps_per_call=1, jit_compile=False)
-
-    with strategy.scope():
-        model = build_compiled_model(config, len(data.vocab))
-    plan = plan_training(config, data)
-    log(f"model: {model.count_params():,} parameters; {plan.steps:,} steps at batch {config.batch_size} "
-        f"({plan.epochs} evaluations on dev, {plan.steps_per_call} steps per compiled call"
-        + (f", {strategy.num_replicas_in_sync} devices)" if strategy.num_replicas_in_sync > 1 else ")"))
-
-    backup = runs.backup_dir(out_dir)
-    start_epoch = _prepare_backup(backup, resume, _backup_identity(config, data, plan), log)
-    start_step = start_epoch * plan.steps_per_epoch
-    staging = None  # created only to save into, so a killed run leaves no partial folder behind
-    try:
-        train_ds = data.dataset("train", config.batch_size, seed=config.seed,
-                                steps_per_call=plan.steps_per_call, start_step=start_step)
-        dev_ds = data.dataset("dev", EVAL_BATCH)
-        curve = LossCurve()  # for loss.png
-        # The history row (with the rate, logged by the rate callbacks) is written before the backup
-        # records its epoch: a kill in between leaves an extra row, which a resume drops, rather
-        # than a missing one.
-        cbs = [*rate_callbacks(config, plan), curve,
-               keras.callbacks.TerminateOnNaN(),
-               keras.callbacks.CSVLogger(str(backup / runs.HISTORY_FILE), append=start_epoch > 0),
-               keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True,
-                                                delete_checkpoint=False),  # deleted once published
-               *callbacks]
+    config.validate()
+    out_dir = runs.check_out_dir(out_dir or runs.default_run_dir(preset_name or "custom"))
+    with runs.RunLock(out_dir):
+        data = data or NamesData.for_config(data_path, config)
+        log(f"data: {data.path}; {data.summary()}")
+        setup = prepare(config, data, strategy, log=log)
+        log(setup.describe())
+        backup = backups.Backup(out_dir)
+        start_epoch = backup.start(resume, backups.identity(setup.config, data, setup.plan), log)
+        start_loss = evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False).take(1))
+        curve, clock, backup_callbacks = backup.callbacks(start_epoch)
         fit_started = time.perf_counter()
         try:
-            history = model.fit(train_ds, steps_per_epoch=plan.calls_per_epoch, epochs=plan.epochs,
-                                validation_data=dev_ds, callbacks=cbs, verbose=verbose,
-                                shuffle=False)  # the pipeline shuffles
+            history = setup.fit([keras.callbacks.TerminateOnNaN(), *backup_callbacks, *callbacks],
+                                start_epoch=start_epoch, verbose=verbose)
         except KeyboardInterrupt:
             log(f"interrupted; the same command with --resume continues from the last completed "
-                f"epoch (kept in {backup})")
+                f"epoch (kept in {backup.path})")
             raise
         fit_seconds = time.perf_counter() - fit_started
-        losses = history.history.get("loss", [])
-        steps_done = int(model.optimizer.iterations.numpy())  # (int() fails on a MirroredVariable)
-        if not all(math.isfinite(v) for v in losses) or steps_done < plan.steps:
-            _diverged(f"loss became NaN or infinite at step {steps_done:,}", config, backup, out_dir)
-        train_loss = evaluate_loss(model, data.dataset("train", EVAL_BATCH, shuffle=False))
-        if not train_loss <= math.log(len(data.vocab)):  # NaN compares False too
-            _diverged(f"train loss {train_loss:.4g} is worse than a uniform guess, "
-                      f"{math.log(len(data.vocab)):.2f}", config, backup, out_dir)
-        dev_loss = evaluate_loss(model, dev_ds)
-        metrics = {
-            "train_loss": train_loss,
-            "dev_loss": dev_loss,
-            "steps": steps_done,
-            "seconds": round(fit_seconds, 3),
-            "total_seconds": round(time.perf_counter() - started, 3),
-            "steps_per_second": round((plan.steps - start_step) / fit_seconds, 1),
-            "params": int(model.count_params()),
-            "epochs": plan.epochs,
-            "batch_size": config.batch_size,
-        }
-        if start_step:
-            metrics["resumed_at_step"] = start_step
-        staging = runs.staging_dir(out_dir)
-        shutil.copyfile(backup / runs.HISTORY_FILE, staging / runs.HISTORY_FILE)
-        model.save(staging / runs.MODEL_FILE)
-        plots.plot_training(staging, model, data.vocab, curve, staging / runs.HISTORY_FILE,
-                            plan.steps_per_epoch,
-                            title=f"Training curve: {preset_name or 'custom'}, {plan.steps:,} steps")
+        _check_diverged(setup, curve, start_loss, backup, out_dir)
+        metrics = _measure(setup, clock, start_epoch, fit_seconds, started)
+        _save_run(setup, out_dir, metrics, curve, backup, preset_name)
+        backup.remove()
+    steps_run = setup.plan.steps - start_epoch * setup.plan.steps_per_epoch
+    log(f"train loss {metrics['train_loss']:.4f}  dev loss {metrics['dev_loss']:.4f}  "
+        f"({steps_run:,} steps in {fit_seconds:.1f} s, {steps_run / max(fit_seconds, 1e-9):,.0f} steps/s)")
+    log(fit_verdict(metrics["train_loss"], metrics["dev_loss"], len(data.vocab)))
+    log(f"saved to {out_dir}")
+    return TrainResult(model=setup.model, data=data, config=setup.config, metrics=metrics, out_dir=out_dir,
+                       history=history.history)
+
+
+def _check_diverged(setup: Setup, curve, start_loss: float, backup, out_dir: Path) -> None:
+    """Raise :class:`TrainingDiverged` (deleting the backup, whose last epoch holds the broken
+    weights) if the training loss became NaN or infinite, or blew up: ended at more than twice
+    where it started and twice a uniform guess. An undertrained model is not diverged."""
+    steps_done = int(setup.model.optimizer.iterations.numpy())  # (int() fails on a MirroredVariable)
+    end_loss = curve.losses[-1] if curve.losses else start_loss
+    limit = 2 * max(start_loss, math.log(len(setup.data.vocab)))
+    if steps_done < setup.plan.steps or not math.isfinite(end_loss):
+        what = f"the loss became NaN or infinite by step {steps_done:,}"
+    elif end_loss > limit:
+        what = f"the training loss rose from {start_loss:.4g} to {end_loss:.4g}"
+    else:
+        return
+    backup.remove()
+    raise TrainingDiverged(f"training diverged ({what}); try a smaller --lr (now {setup.config.lr:g}); "
+                           f"nothing was saved" + (f" and {out_dir} is unchanged" if out_dir.exists() else ""))
+
+
+def _measure(setup: Setup, clock, start_epoch: int, fit_seconds: float, started: float) -> dict:
+    """metrics.json: the losses on the whole train and dev splits, and what the run took."""
+    steps_run = setup.plan.steps - start_epoch * setup.plan.steps_per_epoch
+    metrics = {
+        "train_loss": evaluate_loss(setup.model, setup.data.dataset("train", EVAL_BATCH, shuffle=False)),
+        "dev_loss": evaluate_loss(setup.model, setup.data.dataset("dev", EVAL_BATCH)),
+        "steps": int(setup.model.optimizer.iterations.numpy()),
+        "seconds": round(clock.seconds, 3),  # training time of the whole run, resumed parts included
+        "total_seconds": round(time.perf_counter() - started, 3),  # this process: data to metrics
+        "steps_per_second": round(steps_run / max(fit_seconds, 1e-9), 1),
+        "params": int(setup.model.count_params()),
+        "epochs": setup.plan.epochs,
+        "batch_size": setup.config.batch_size,
+    }
+    if start_epoch:
+        metrics["resumed_at_step"] = start_epoch * setup.plan.steps_per_epoch
+    return metrics
+
+
+def _save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_name) -> None:
+    """Write the run into a hidden folder beside ``out_dir``, then put it in place (kmlp.runs.publish)."""
+    data = setup.data
+    staging = runs.staging_dir(out_dir)
+    try:
+        shutil.copyfile(backup.history, staging / runs.HISTORY_FILE)
+        setup.model.save(staging / runs.MODEL_FILE)
+        plots.plot_training(staging, setup.model, data.vocab, curve, staging / runs.HISTORY_FILE,
+                            setup.plan.steps_per_epoch,
+                            title=f"Training curve: {preset_name or 'custom'}, {setup.plan.steps:,} steps")
         runs.write_json(staging / runs.CONFIG_FILE, {
-            "config": config.to_dict(),
+            "config": setup.config.to_dict(),
             "vocab": data.vocab.to_json(),
-            "data": str(data.path),
+            "data": str(Path(data.path).absolute()) if data.path else None,
+            "data_sha256": file_sha256(data.path) if data.path else None,
             "preset": preset_name,
         })
         runs.write_json(staging / runs.METRICS_FILE, metrics)
         runs.publish(staging, out_dir)
     except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
-    shutil.rmtree(backup, ignore_errors=True)
-    steps_run = plan.steps - start_step
-    log(f"train loss {train_loss:.4f}  dev loss {dev_loss:.4f}  "
-        f"({steps_run:,} steps in {fit_seconds:.1f} s, {steps_run / max(fit_seconds, 1e-9):,.0f} steps/s)")
-    log(fit_verdict(train_loss, dev_loss))
-    log(f"saved to {out_dir}")
-    return TrainResult(model=model, data=data, config=config, metrics=metrics, out_dir=out_dir,
-                       history=history.history)
-
-
-def _diverged(what: str, config: Config, backup: Path, out_dir: Path):
-    shutil.rmtree(backup, ignore_errors=True)  # its last epoch holds the broken weights
-    raise TrainingDiverged(f"training diverged ({what}); try a smaller --lr (now {config.lr:g}); nothing "
-                           f"was saved" + (f" and {out_dir} is unchanged" if out_dir.exists() else ""))
-
-
-def _backup_identity(config: Config, data: NamesData, plan: Plan) -> dict:
-    """What a backup must match to be resumed: the configuration, the plan and the training names."""
-    train_names = "\n".join(data.words["train"]).encode("utf-8")
-    return {"config": config.to_dict(), "plan": asdict(plan), "data": str(data.path),
-            "train_sha256": hashlib.sha256(train_names).hexdigest()}
-
-
-def _prepare_backup(backup: Path, resume: bool, identity: dict, log) -> int:
-    """Check or start the backup folder of a run; returns the epoch training starts at.
-
-    A backup left by an interrupted run is used only with ``resume`` and only by the same run; it is
-    never silently discarded, since it may hold hours of training.
-    """
-    marker = backup / "run.json"
-    epoch = _repair_backup(backup) if backup.exists() else None
-    if backup.exists() and epoch is None:  # no epoch was completed: nothing to keep
-        shutil.rmtree(backup)
-    if backup.exists() and not resume:
-        raise runs.RunError(f"{backup}: an interrupted training of this run is kept there; pass --resume "
-                            f"to continue it, or delete the folder to start over")
-    if not backup.exists():
-        if resume:
-            log(f"nothing to resume in {backup}; starting from step 0")
-        backup.mkdir(parents=True)
-        runs.write_json(marker, identity)
-        return 0
-    saved = runs.read_json(marker) if marker.exists() else {}
-    if saved != identity:
-        differ = sorted(k for k in set(saved.get("config", {})) | set(identity["config"])
-                        if saved.get("config", {}).get(k) != identity["config"].get(k))
-        what = f"options {', '.join(differ)} differ" if differ else "the data or the plan differ"
-        raise runs.RunError(f"{backup}: the interrupted training there is another run ({what}); run "
-                            f"the same command as before with --resume, or delete the folder")
-    history = backup / runs.HISTORY_FILE
-    if history.exists():  # keep the header and the rows of the epochs the backup holds
-        rows = history.read_text(encoding="utf-8").splitlines(keepends=True)
-        history.write_text("".join(rows[:1 + epoch]), encoding="utf-8")
-    log(f"resuming from {backup}: {epoch} of {identity['plan']['epochs']} epochs done")
-    return epoch
-
-
-def _backup_epoch(metadata: Path) -> int | None:
-    """The epoch a BackupAndRestore metadata file records, or None if it is missing or unreadable."""
-    try:
-        return int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _repair_backup(backup: Path) -> int | None:
-    """Undo a save that a kill cut short; returns the epoch the backup then holds (None: no epoch).
-
-    BackupAndRestore (with ``double_checkpoint``) copies the weights and metadata to ``*.bkp``, then
-    writes new weights, then new metadata. Killed while writing the metadata, it leaves new weights
-    beside an empty metadata file: the previous pair is put back (a kill during the weights is
-    already handled by Keras, which falls back to the ``*.bkp`` weights). With no previous pair, the
-    first epoch never finished saving, and the metadata goes, so the run starts over.
-    """
-    metadata = backup / "training_metadata.json"
-    weights = backup / "latest.weights.h5"
-    epoch = _backup_epoch(metadata)
-    if epoch is not None or not metadata.exists():
-        return epoch
-    previous_metadata, previous_weights = (Path(f"{p}.bkp") for p in (metadata, weights))
-    previous_epoch = _backup_epoch(previous_metadata)
-    if previous_epoch is not None and previous_weights.exists():
-        shutil.copyfile(previous_weights, weights)
-        shutil.copyfile(previous_metadata, metadata)
-        return previous_epoch
-    metadata.unlink()
-    return None
 
 
 @dataclass

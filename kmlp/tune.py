@@ -2,9 +2,9 @@
 
     kmlp tune --max-trials 20 --max-minutes 30 --steps 4000 --out tuning/
 
-Each trial trains one configuration of the search space (:func:`declare_space`) with the same
-pieces as ``kmlp train`` (build_model, make_optimizer, plan_training, chunks of steps in one XLA
-call) and is scored by its loss on the dev split. KerasTuner's oracle picks the configurations:
+Each trial trains one configuration of the search space (:func:`declare_space`) from the same
+setup as ``kmlp train`` (:func:`kmlp.train.prepare`: model, optimizer, plan, rate schedule, chunks
+of steps in one XLA call) and is scored by its loss on the dev split. KerasTuner's oracle picks the configurations:
 Hyperband (the default) trains many for a ninth or a third of ``--steps`` and only the most promising
 for all of them; random search trains every one for ``--steps``.
 
@@ -16,12 +16,14 @@ cores), which suits the larger models of the space; ``kmlp train`` picks one thr
 ``--out`` receives, rewritten after every trial so that a search cut short still leaves them whole:
 
     results.csv / results.md    one row per trial: parameters, params count, train / dev loss, seconds
-    best_config.json            the best configuration so far, for ``kmlp train --config FILE``
+    best_config.json            the best configuration so far, with the full ``--steps`` (Hyperband's
+                                shorter trials included), for ``kmlp train --config FILE``
     tuner/                      KerasTuner's own record of the trials
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -33,12 +35,11 @@ from pathlib import Path
 import keras
 import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
-from keras_tuner.src import config as tuner_settings  # DEBUG: print each failed trial's traceback
 
 from . import runs
-from .config import Config
+from .config import Config, check_search
 from .data import NamesData
-from .train import EVAL_BATCH, build_compiled_model, evaluate_loss, plan_training, rate_callbacks
+from .train import EVAL_BATCH, evaluate_loss, prepare
 
 # With schedule "step" the rate is cut by DECAY_FACTOR at these fractions of a trial's steps.
 DECAY_FRACTIONS = (0.6, 0.85)
@@ -49,6 +50,9 @@ HYPERBAND_UNITS = 9
 HYPERBAND_FACTOR = 3
 # Columns of the results table after the searched parameters.
 SCORE_COLUMNS = ("steps", "trial", "params", "train_loss", "dev_loss", "seconds", "status")
+BEST_CONFIG = "best_config.json"
+# What a search writes into its folder (tuner/ is KerasTuner's own record, rewritten each search).
+OUT_ENTRIES = frozenset({"results.csv", "results.md", BEST_CONFIG, "tuner"})
 
 
 def declare_space(hp: keras_tuner.HyperParameters) -> keras_tuner.HyperParameters:
@@ -108,25 +112,21 @@ class Deadline(keras.callbacks.Callback):
 
 def fit_and_score(config: Config, data: NamesData, deadline: float = math.inf) -> dict:
     """Train ``config`` on ``data``'s train split and measure it: what one trial does."""
-    keras.utils.set_random_seed(config.seed)
-    model = build_compiled_model(config, len(data.vocab))
-    plan = plan_training(config, data)
+    setup = prepare(config, data, choose_threads=False, log=lambda *_: None)
     stop = Deadline(deadline)
     started = time.perf_counter()
-    model.fit(data.dataset("train", config.batch_size, seed=config.seed, steps_per_call=plan.steps_per_call),
-              steps_per_epoch=plan.calls_per_epoch, epochs=plan.epochs, verbose=0, shuffle=False,
-              callbacks=[*rate_callbacks(config, plan), keras.callbacks.TerminateOnNaN(), stop])
+    setup.fit([keras.callbacks.TerminateOnNaN(), stop], validate=False)
     seconds = time.perf_counter() - started
-    steps = int(model.optimizer.iterations)
-    dev_loss = evaluate_loss(model, data.dataset("dev", EVAL_BATCH))
-    train_loss = evaluate_loss(model, data.dataset("train", EVAL_BATCH, shuffle=False))
+    steps = int(setup.model.optimizer.iterations)
+    dev_loss = evaluate_loss(setup.model, data.dataset("dev", EVAL_BATCH))
+    train_loss = evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False))
     if stop.stopped:
-        status = f"stopped at the time limit after {steps:,} of {plan.steps:,} steps"
-    elif not (math.isfinite(train_loss) and math.isfinite(dev_loss)) or steps < plan.steps:
+        status = f"stopped at the time limit after {steps:,} of {setup.plan.steps:,} steps"
+    elif not (math.isfinite(train_loss) and math.isfinite(dev_loss)) or steps < setup.plan.steps:
         status = f"diverged at step {steps:,}"
     else:
         status = "ok"
-    return {"params": int(model.count_params()), "train_loss": train_loss, "dev_loss": dev_loss,
+    return {"params": int(setup.model.count_params()), "train_loss": train_loss, "dev_loss": dev_loss,
             "seconds": round(seconds, 1), "status": status}
 
 
@@ -178,21 +178,27 @@ class NamesTuner(keras_tuner.Tuner):
 class TuneResult:
     rows: list[dict]
     best: dict | None           # the row with the lowest dev loss among completed trials
-    best_config: Config | None
+    best_config: Config | None  # the best trial's configuration with the full --steps
     out_dir: Path
 
 
 def tune(data_path=None, out_dir="tuning", max_trials: int = 20, max_minutes: float = 60.0,
          steps: int = 4000, seed: int = 42, algorithm: str = "hyperband", log=print) -> TuneResult:
-    """Search the space of :func:`declare_space` for the lowest dev loss; see the module docstring."""
-    if max_trials < 1:
-        raise ValueError(f"max_trials must be a positive integer, got {max_trials}")
-    if not (math.isfinite(max_minutes) and max_minutes > 0):
-        raise ValueError(f"max_minutes must be a positive number, got {max_minutes}")
-    if steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps}")
-    deadline = time.monotonic() + 60.0 * max_minutes
-    out_dir = Path(out_dir)
+    """Search the space of :func:`declare_space` for the lowest dev loss; see the module docstring.
+
+    ``out_dir`` may be new, empty or an earlier search's folder; anything else is refused before any
+    work, and one process at a time writes it. Bad values raise :class:`ConfigError` naming the flag.
+    """
+    check_search(max_trials, max_minutes, steps, seed, algorithm)
+    out_dir = runs.check_out_dir(out_dir, own_entries=OUT_ENTRIES, is_own=lambda path: True,
+                                 what="search results")
+    with runs.RunLock(out_dir):
+        return _search(data_path, out_dir, max_trials, time.monotonic() + 60.0 * max_minutes, steps,
+                       seed, algorithm, log)
+
+
+def _search(data_path, out_dir: Path, max_trials: int, deadline: float, steps: int, seed: int,
+            algorithm: str, log) -> TuneResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     space = declare_space(keras_tuner.HyperParameters())
     oracle_kwargs = dict(objective=keras_tuner.Objective(OBJECTIVE, "min"), hyperparameters=space,
@@ -200,10 +206,8 @@ def tune(data_path=None, out_dir="tuning", max_trials: int = 20, max_minutes: fl
     if algorithm == "hyperband":
         oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=HYPERBAND_UNITS, factor=HYPERBAND_FACTOR,
                                                      **oracle_kwargs)
-    elif algorithm == "random":
-        oracle = keras_tuner.oracles.RandomSearchOracle(**oracle_kwargs)
     else:
-        raise ValueError(f"algorithm must be hyperband or random, got {algorithm!r}")
+        oracle = keras_tuner.oracles.RandomSearchOracle(**oracle_kwargs)
     # Every oracle stops creating trials once it holds max_trials (Hyperband takes no such argument).
     oracle.max_trials = max_trials
 
@@ -219,22 +223,23 @@ def tune(data_path=None, out_dir="tuning", max_trials: int = 20, max_minutes: fl
             f"({result['status']})")
         best = state["best"]
         if result["status"] == "ok" and (best is None or result["dev_loss"] < best[0]["dev_loss"]):
-            state["best"] = (row, config)
-            runs.write_json(out_dir / "best_config.json", config.to_dict())
+            # The configuration in full, whatever share of --steps Hyperband gave this trial.
+            state["best"] = (row, config_for(values, steps, seed))
+            runs.write_json(out_dir / BEST_CONFIG, state["best"][1].to_dict())
         write_tables(rows, list(space.values), out_dir)
 
     tuner = NamesTuner(oracle, data_path=data_path, steps=steps, seed=seed, deadline=deadline,
                        on_result=record, log=log, directory=str(out_dir), project_name="tuner",
                        overwrite=True)
-    # Failed trials are reported by the line above, not by KerasTuner's traceback (its DEBUG mode),
-    # and a new model per trial retraces the training function, which TensorFlow warns about.
-    debug, tf_level = tuner_settings.DEBUG, logging.getLogger("tensorflow").level
-    tuner_settings.DEBUG = False
+    # KerasTuner prints the traceback of every failed trial to stderr; each is reported by one line
+    # (NamesTuner.on_trial_end) instead. A new model per trial retraces the training function,
+    # which TensorFlow warns about.
+    tf_level = logging.getLogger("tensorflow").level
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
-        tuner.search(verbose=0)
+        with contextlib.redirect_stderr(io.StringIO()):
+            tuner.search(verbose=0)
     finally:
-        tuner_settings.DEBUG = debug
         logging.getLogger("tensorflow").setLevel(tf_level)
     best_row, best_config = state["best"] or (None, None)
     return TuneResult(rows=rows, best=best_row, best_config=best_config, out_dir=out_dir)

@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from kmlp.callbacks import CosineDecay, LossCurve, StepDecay
-from kmlp.config import Config, ConfigError
+from kmlp.callbacks import CosineDecay, ElapsedTime, LossCurve, StepDecay
+from kmlp.config import Config
 from kmlp.data import NamesData
-from kmlp.model import build_model, compile_model
+from kmlp.model import build_model, compile_model, make_optimizer
 from kmlp.train import train
 
 
@@ -120,8 +120,29 @@ def test_train_with_cosine_and_plateau_logs_the_rate(tiny_names_file, tmp_path):
     assert rates[0] < 0.1
 
 
-def test_config_refuses_a_plateau_option_that_cannot_cut():
-    with pytest.raises(ConfigError, match="plateau-patience"):
-        Config(plateau_patience=-1).validate()
-    with pytest.raises(ConfigError, match="below 1"):
-        Config(plateau_patience=2, decay_factor=1.5).validate()
+def test_loss_curve_with_a_file_carries_on_after_a_restart(tmp_path):
+    x = np.random.default_rng(0).integers(0, 27, (64, 3)).astype("int32")
+    y = np.random.default_rng(1).integers(0, 27, (64,)).astype("int32")
+
+    def fit(epochs, curve):
+        keras.utils.set_random_seed(0)
+        model = compile_model(build_model(27, 3, 4, 8), make_optimizer("sgd", 0.1))
+        model.fit(x, y, batch_size=16, epochs=epochs, callbacks=[curve], verbose=0)
+
+    whole = LossCurve()
+    fit(2, whole)
+    first = LossCurve(tmp_path / "curve.csv")
+    fit(1, first)
+    assert (tmp_path / "curve.csv").read_text().splitlines()[0] == "step,loss,lr"
+    again = LossCurve(tmp_path / "curve.csv")
+    fit(1, again)  # a restarted process: the points before it are read back, then new ones follow
+    assert again.steps[:len(first.steps)] == first.steps and len(again.steps) == len(whole.steps)
+    assert len((tmp_path / "curve.csv").read_text().splitlines()) == 1 + len(whole.steps)
+
+
+def test_elapsed_time_logs_training_seconds_including_earlier_parts():
+    clock = ElapsedTime(earlier=100.0)
+    clock.on_train_begin()
+    logs = {}
+    clock.on_epoch_end(0, logs)
+    assert 100.0 <= logs["seconds"] < 110.0

@@ -1,17 +1,12 @@
-"""kmlp.config: presets, flags over presets, configuration files, and their errors."""
+"""kmlp.config: presets, configuration files, and the rules every option is checked by."""
 
 import json
 
 import pytest
 
-from conftest import run_cli
 from kmlp import runs
-from kmlp.cli import build_parser, config_from_args
-from kmlp.config import PRESETS, Config, ConfigError, load_config_file, preset
-
-
-def train_config(*flags) -> Config:
-    return config_from_args(build_parser().parse_args(["train", *flags]))
+from kmlp.config import (MAX_SEED, PRESETS, Config, ConfigError, check_range_test, check_search, check_seed,
+                         load_config_file, preset)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -28,49 +23,26 @@ def test_lecture_preset_is_the_lecture_recipe():
     assert config.init == "normal" and config.dropout == 0 and config.norm == "none"
 
 
-def test_no_flags_means_the_default_preset():
-    assert train_config() == preset("default")
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"unknown preset 'huge'; choose one of: best, default, fast, lecture"):
+        preset("huge")
 
 
-def test_flags_override_the_preset_and_leave_the_rest():
-    config = train_config("--preset", "lecture", "--lr", "0.05", "--decay-at", "none", "--n-layers", "2")
-    assert (config.lr, config.decay_at, config.n_layers) == (0.05, [], 2)
-    assert config.replace(lr=0.1, decay_at=[100_000], n_layers=1) == preset("lecture")
-
-
-def test_epochs_flag_replaces_the_presets_steps():
-    config = train_config("--preset", "best", "--epochs", "2")
-    assert (config.epochs, config.steps) == (2, None)
-
-
-def test_config_file_round_trip_and_flags_over_it(tmp_path):
-    tuned = preset("default").replace(n_layers=2, norm="layer", dropout=0.1, optimizer="adamw",
-                                      weight_decay=0.01, lr=2e-3)
+def test_a_config_file_sets_what_it_holds_over_a_base(tmp_path):
+    tuned = preset("default").replace(n_layers=2, norm="layer", dropout=0.1, weight_decay=0.01, lr=2e-3)
     path = tmp_path / "tuned.json"
     runs.write_json(path, tuned.to_dict())
-    assert load_config_file(path) == tuned
-    assert train_config("--preset", "lecture", "--config", str(path)) == tuned  # the file wins
-    assert train_config("--config", str(path), "--dropout", "0.3") == tuned.replace(dropout=0.3)
+    assert load_config_file(path) == tuned == load_config_file(path, base=preset("lecture"))
+    partial = tmp_path / "partial.json"
+    partial.write_text('{"dropout": 0.25}')
+    assert load_config_file(partial, base=preset("best")) == preset("best").replace(dropout=0.25)
+    assert load_config_file(partial) == Config(dropout=0.25)
 
 
 def test_a_runs_config_json_is_accepted(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"config": preset("fast").to_dict(), "preset": "fast"}))
     assert load_config_file(path) == preset("fast")
-
-
-def test_the_split_stays_put_when_the_seed_changes():
-    assert Config(seed=7).split_seed == 42
-    assert Config.from_dict({"seed": 7, "split_seed": 3}).split_seed == 3
-    # A file written before split_seed existed split its names with its seed.
-    assert Config.from_dict({"seed": 7}).split_seed == 7
-    assert (train_config("--seed", "3").seed, train_config("--seed", "3").split_seed) == (3, 42)
-    assert train_config("--split-seed", "5").split_seed == 5
-
-
-def test_unknown_preset_is_a_clear_error():
-    with pytest.raises(ConfigError, match=r"unknown preset 'huge'; choose one of: best, default, fast, lecture"):
-        preset("huge")
 
 
 @pytest.mark.parametrize("text, message", [
@@ -85,20 +57,45 @@ def test_bad_config_file_names_the_file(tmp_path, text, message):
         load_config_file(path)
 
 
-def test_out_of_range_value_names_the_flag():
-    with pytest.raises(ConfigError, match="--init must be glorot or normal"):
-        preset("default").replace(init="he").validate()
-    with pytest.raises(ConfigError, match="--dropout must be in"):
-        train_config("--dropout", "1.5")
-    with pytest.raises(ConfigError, match="--rdrop must be >= 0"):
-        train_config("--rdrop", "-1")
-    with pytest.raises(ConfigError, match="--rdrop needs --dropout above 0"):
-        train_config("--preset", "fast", "--rdrop", "1")
+def test_the_split_seed_is_its_own_option():
+    assert Config(seed=7).split_seed == 42
+    assert Config.from_dict({"seed": 7, "split_seed": 3}).split_seed == 3
+    assert Config.from_dict({"seed": 7}).split_seed == 42  # (old run files: see kmlp.runs.load_run)
 
 
-def test_cli_unknown_preset_is_one_line_and_exit_2(tmp_path):
-    done = run_cli("train", "--preset", "huge", "--out", tmp_path / "run")
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "kmlp: error: unknown preset 'huge'; choose one of: best, default, fast, lecture"]
-    assert not (tmp_path / "run").exists()
+@pytest.mark.parametrize("changes, message", [
+    (dict(init="he"), "--init must be glorot or normal"),
+    (dict(dropout=1.5), r"--dropout must be in \[0, 1\)"),
+    (dict(rdrop=-1.0), "--rdrop must be a number >= 0"),
+    (dict(dropout=0.0, rdrop=1.0), "--rdrop needs --dropout above 0"),
+    (dict(n_layers=0), "--n-layers must be a positive integer"),
+    (dict(steps=None, epochs=0), "--epochs must be a positive integer"),
+    (dict(lr=float("nan")), "--lr must be a positive number"),
+    (dict(weight_decay=-1.0), "--weight-decay must be a number >= 0"),
+    (dict(decay_at=[0]), "--decay-at takes positive step counts"),
+    (dict(schedule="linear"), "--schedule must be step or cosine"),
+    (dict(seed=-1), "--seed must be an integer from 0 to 4294967295"),
+    (dict(split_seed=2**40), "--split-seed must be"),
+    (dict(plateau_patience=2, decay_factor=1.5), "must then be below 1"),
+])
+def test_an_out_of_range_value_names_the_flag(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        preset("default").replace(**changes).validate()
+
+
+def test_seeds_range_over_what_every_generator_takes():
+    assert check_seed(0) == 0 and check_seed(MAX_SEED) == MAX_SEED
+    for bad in (-1, MAX_SEED + 1, 1.5, True, "3"):
+        with pytest.raises(ConfigError, match="--seed"):
+            check_seed(bad)
+
+
+def test_range_test_and_search_rules():
+    check_range_test(1e-3, 1.0, 2)
+    with pytest.raises(ConfigError, match=r"--end-lr \(0.5\) must be above --start-lr \(1\)"):
+        check_range_test(1.0, 0.5, 100)
+    check_search(1, 0.5, 10, 0, "random")
+    with pytest.raises(ConfigError, match="--max-minutes must be a positive number"):
+        check_search(1, float("inf"), 10, 0, "random")
+    with pytest.raises(ConfigError, match="--algorithm must be hyperband or random"):
+        check_search(1, 1, 10, 0, "grid")

@@ -5,7 +5,6 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import run_cli
 
 from kmlp.callbacks import LRFinder
 from kmlp.config import preset
@@ -109,35 +108,30 @@ def test_suggestion_is_half_the_floor_of_a_noisy_valley():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(start_lr=0), "start_lr"), (dict(start_lr=1.0, end_lr=0.5), "above"),
-    (dict(num_steps=1), "num_steps"), (dict(beta=1.0), "beta"),
+    (dict(start_lr=0), "--start-lr"), (dict(start_lr=1.0, end_lr=0.5), "above"),
+    (dict(num_steps=1), "--num-steps"), (dict(beta=1.0), "beta"),
 ])
 def test_finder_refuses_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LRFinder(**kwargs)
 
 
-def test_cli_lr_find_writes_curve_and_prints_json(tiny_names_file, tmp_path):
+def test_cli_lr_find_writes_curve_and_prints_json(tiny_names_file, tmp_path, capsys):
+    from kmlp.cli import main
+
     out = tmp_path / "lr"
-    done = run_cli("lr-find", "--data", tiny_names_file, "--preset", "lecture", "--n-hidden", "16",
-                   "--batch-size", "8", "--num-steps", "60", "--start-lr", "0.001", "--end-lr", "3",
-                   "--out", out, "--json")
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    code = main(["lr-find", "--data", str(tiny_names_file), "--preset", "lecture", "--n-hidden", "16",
+                 "--batch-size", "8", "--num-steps", "60", "--start-lr", "0.001", "--end-lr", "3",
+                 "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
     assert 0.001 <= result["suggested_lr"] <= 3 and result["method"] == "floor/2"
     assert result["suggested_lr"] == pytest.approx(result["floor_lr"] / 2)
     rows = (out / "lr_find.csv").read_text().splitlines()
     assert rows[0] == "step,lr,loss,smoothed_loss" and len(rows) == 1 + result["steps_run"]
     assert (out / "lr_find.png").read_bytes().startswith(PNG_SIGNATURE)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
-
-
-def test_cli_lr_find_refuses_a_backwards_range(tiny_names_file, tmp_path):
-    done = run_cli("lr-find", "--data", tiny_names_file, "--start-lr", "1", "--end-lr", "0.1",
-                   "--out", tmp_path / "lr")
-    assert done.returncode == 2
-    assert done.stderr.strip() == "kmlp: error: --end-lr (0.1) must be above --start-lr (1)"
-    assert not (tmp_path / "lr").exists()
 
 
 @pytest.mark.integration

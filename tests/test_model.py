@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from kmlp.config import ConfigError
 from kmlp.model import CharMLP, build_model, compile_model, make_optimizer
 
 
@@ -26,12 +27,18 @@ def test_functional_graph_embedding_reshape_dense_logits():
 def test_options_add_layers_and_check_ranges():
     model = build_model(27, 4, 8, 64, n_layers=3, dropout=0.1, norm="layer")
     assert len([l for l in model.layers if l.name.startswith("hidden")]) == 3
-    with pytest.raises(ValueError, match="n_hidden"):
+    with pytest.raises(ConfigError, match="--n-hidden must be a positive integer"):
         build_model(27, 3, 10, 0)
-    with pytest.raises(ValueError, match="dropout"):
+    with pytest.raises(ConfigError, match="--dropout"):
         build_model(27, 3, 10, 10, dropout=1.5)
-    with pytest.raises(ValueError, match="optimizer"):
+    with pytest.raises(ConfigError, match="--optimizer must be sgd, adam or adamw"):
         make_optimizer("rmsprop")
+
+
+def test_weight_decay_is_applied_by_every_optimizer_and_adamw_has_none_unless_asked():
+    assert make_optimizer("adamw", 1e-3).weight_decay == 0.0  # not Keras's own default of 0.004
+    for name in ("sgd", "adam", "adamw"):
+        assert make_optimizer(name, 1e-3, weight_decay=0.1).weight_decay == pytest.approx(0.1)
 
 
 def test_each_dropout_layer_draws_its_own_mask():
@@ -105,7 +112,7 @@ def test_rdrop_trains_on_twice_the_batch_and_survives_save_and_load(tmp_path, ch
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
     assert isinstance(again, CharMLP) and again.rdrop == 1.0
-    with pytest.raises(ValueError, match="rdrop needs dropout"):
+    with pytest.raises(ConfigError, match="--rdrop needs --dropout"):
         build_model(27, 3, 4, 16, rdrop=1.0)
 
 
@@ -128,14 +135,14 @@ def test_mixed_bfloat16_computes_in_bfloat16_and_keeps_weights_logits_and_loss_i
         build_model(27, 3, 4, 32, precision="float16")
 
 
-def test_a_mixed_bfloat16_run_trains_saves_loads_samples_and_exports(tiny_names_file, tmp_path):
+def test_a_mixed_bfloat16_run_trains_saves_loads_evaluates_samples_and_exports(tiny_names_file, tmp_path):
     import tensorflow as tf
 
     from kmlp.config import Config, ConfigError
     from kmlp.export import export_run
     from kmlp.runs import load_run
     from kmlp.sample import NameModel
-    from kmlp.train import train
+    from kmlp.train import EVAL_BATCH, evaluate_loss, train
 
     config = Config(block_size=3, n_embd=4, n_hidden=32, n_layers=2, norm="batch", dropout=0.2, rdrop=1.0,
                     precision="mixed_bfloat16", jit_compile=False, batch_size=16, steps=40,
@@ -147,6 +154,8 @@ def test_a_mixed_bfloat16_run_trains_saves_loads_samples_and_exports(tiny_names_
     assert [l.dtype_policy.name for l in run.model.layers if l.name.startswith("hidden")] == ["mixed_bfloat16"] * 2
     x = _tiny_batch()[0] % len(run.vocab)
     np.testing.assert_array_equal(run.model(x, training=False), trained.model(x, training=False))
+    dev = trained.data.dataset("dev", EVAL_BATCH, shuffle=False)
+    assert evaluate_loss(run.model, dev) == pytest.approx(trained.metrics["dev_loss"], abs=1e-6)
 
     lm = NameModel(run.model, run.vocab)
     assert lm.sample(5, seed=1) == lm.sample(5, seed=1) and len(lm.sample(5, seed=1)) == 5
@@ -157,6 +166,9 @@ def test_a_mixed_bfloat16_run_trains_saves_loads_samples_and_exports(tiny_names_
     assert probs.dtype == tf.float32
     np.testing.assert_allclose(probs.numpy(), lm.next_probs(lm.context_ids(np.array(["emm", ""]))), atol=1e-6)
     np.testing.assert_allclose(probs.numpy().sum(axis=1), 1.0, atol=1e-5)
+    names = served.signatures["generate"](count=tf.constant(5), seed=tf.constant(1, tf.int64),
+                                          temperature=tf.constant(1.0))["names"]
+    assert [n.decode() for n in names.numpy()] == lm.sample(5, seed=1)
     with pytest.raises(ConfigError, match="--precision"):
         config.replace(precision="bfloat16").validate()
 

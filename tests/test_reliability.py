@@ -1,12 +1,10 @@
-"""Reliability: bad data files, bad arguments, damaged runs, crashes, divergence, resume, repeatability
-and the mirrored strategy, met the way a user meets them: through the ``kmlp`` command.
+"""Reliability across modules: bad and odd names files, a crash while saving, kill -9 and resume,
+repeatability and the mirrored strategy, met the way a user meets them: through the ``kmlp`` command.
 
 Errors must be one line on stderr, ``kmlp: error: ...``, naming the file (and line), exit status 2,
-no traceback, and nothing saved before may be lost.
-
-Commands that fail before TensorFlow loads run in a subprocess (``run_cli``, about a second each);
-the ones that need a model run ``kmlp.cli.main`` in this process, which already has TensorFlow
-loaded, except where a fresh process is the point (kill -9, logical devices, repeatability).
+no traceback, and nothing saved before may be lost. Commands run through ``kmlp.cli.main`` in this
+process, except where a fresh process is the point (kill -9, logical devices, repeatability).
+(Flag mistakes and output folders: tests/test_cli.py; damaged runs: tests/test_runs.py.)
 """
 
 from __future__ import annotations
@@ -19,17 +17,17 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 
 import keras
 import pytest
 from conftest import ROOT, TINY_WORDS, run_cli
 
+from kmlp import backup as backups
 from kmlp import cli, runs
 from kmlp.config import Config
 from kmlp.data import MAX_NAME_LENGTH, MIN_DISTINCT_NAMES, NamesData, Vocabulary, build_dataset, load_words
 from kmlp.runs import load_run
-from kmlp.train import _backup_epoch, train
+from kmlp.train import train
 
 TINY_MODEL = ["--block-size", "3", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8",
               "--steps", "40", "--decay-at", "none", "--optimizer", "adam", "--lr", "0.01"]
@@ -100,14 +98,14 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
-def test_bad_data_file_is_refused_with_one_line_naming_file_and_line(case, tmp_path):
+def test_bad_data_file_is_refused_with_one_line_naming_file_and_line(case, tmp_path, capsys):
     contents, words, line = REFUSED[case]
     path = tmp_path / "names.txt"
     if contents == "dir":
         path.mkdir()
     elif contents is not None:
         path.write_bytes(contents)
-    result = run_cli("train", "--data", path, "--out", tmp_path / "run", *TINY_MODEL)
+    result = main_in_process(capsys, "train", "--data", path, "--out", tmp_path / "run", *TINY_MODEL)
     message = assert_one_line_error(result, words, path if line is None else f"{path}:{line}:")
     assert not (tmp_path / "run").exists(), message
 
@@ -193,85 +191,6 @@ def test_evaluating_on_a_file_with_unknown_characters_names_the_line(tiny_run, t
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad arguments
-
-
-@pytest.mark.parametrize("flag, value", [
-    ("--block-size", "0"), ("--n-embd", "0"), ("--n-hidden", "-3"), ("--batch-size", "0"),
-    ("--steps", "0"), ("--steps", "-5"), ("--lr", "0"), ("--lr", "-0.1"), ("--lr", "nan"),
-    ("--lr", "inf"), ("--samples", "-1"), ("--devices", "-1"),
-])
-def test_bad_training_flag_is_refused_naming_the_flag(flag, value, tiny_names_file, tmp_path):
-    result = run_cli("train", "--data", tiny_names_file, "--out", tmp_path / "run", *TINY_MODEL, flag, value)
-    assert_one_line_error(result, flag)
-    assert not (tmp_path / "run").exists()
-
-
-def test_unknown_preset_is_refused_with_the_choices(tiny_names_file, tmp_path):
-    result = run_cli("train", "--preset", "huge", "--data", tiny_names_file, "--out", tmp_path / "run")
-    assert_one_line_error(result, "unknown preset 'huge'", "default", "fast", "lecture")
-
-
-def test_sample_on_a_folder_without_a_model(tmp_path):
-    (tmp_path / "empty").mkdir()
-    assert_one_line_error(run_cli("sample", tmp_path / "empty"), tmp_path / "empty", "holds no kmlp model")
-
-
-@pytest.mark.parametrize("command", ["sample", "evaluate", "export"])
-def test_commands_on_a_folder_without_a_model(command, tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "config.json").write_text("{}")
-    result = main_in_process(capsys, command, tmp_path / "empty")
-    assert_one_line_error(result, tmp_path / "empty", "holds no kmlp model")
-    result = main_in_process(capsys, command, tmp_path / "nowhere")
-    assert_one_line_error(result, tmp_path / "nowhere", "no such run")
-
-
-def test_model_whose_vocabulary_does_not_match_its_configuration(tiny_run, tmp_path, capsys):
-    run_dir = copy_run(tiny_run, tmp_path / "run")
-    info = json.loads((run_dir / "config.json").read_text())
-    info["vocab"]["chars"] = info["vocab"]["chars"][:-2]
-    (run_dir / "config.json").write_text(json.dumps(info))
-    for command in ("sample", "evaluate", "export"):
-        assert_one_line_error(main_in_process(capsys, command, run_dir), run_dir, "disagree")
-
-
-# ---------------------------------------------------------------------------------------------
-# Safe loading
-
-
-@pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_corrupt_model_file_gives_a_clear_error(damage, tiny_run, tmp_path, capsys):
-    run_dir = copy_run(tiny_run, tmp_path / "run")
-    model_file = run_dir / "model.keras"
-    good = model_file.read_bytes()
-    model_file.write_bytes(good[: len(good) // 2] if damage == "truncated" else os.urandom(len(good)))
-    for command in ("sample", "evaluate", "export"):
-        result = main_in_process(capsys, command, run_dir)
-        assert_one_line_error(result, model_file, "corrupt or truncated")
-
-
-def test_damaged_archive_member_gives_a_clear_error(tiny_run, tmp_path, capsys):
-    run_dir = copy_run(tiny_run, tmp_path / "run")
-    model_file = run_dir / "model.keras"
-    with zipfile.ZipFile(tiny_run / "model.keras") as src, zipfile.ZipFile(model_file, "w") as dst:
-        for item in src.infolist():
-            body = src.read(item)
-            dst.writestr(item, body[: len(body) // 3] if item.filename.endswith(".h5") else body)
-    assert_one_line_error(main_in_process(capsys, "sample", run_dir), model_file, "cannot be loaded")
-
-
-def test_a_model_that_would_run_code_on_loading_is_refused(tiny_run, tmp_path, capsys):
-    run_dir = copy_run(tiny_run, tmp_path / "run")
-    block = load_run(tiny_run).config.block_size
-    inputs = keras.Input(shape=(block,), dtype="int32")
-    outputs = keras.layers.Lambda(lambda x: keras.ops.one_hot(x[:, -1], 27))(inputs)
-    keras.Model(inputs, outputs).save(run_dir / "model.keras")
-    message = assert_one_line_error(main_in_process(capsys, "sample", run_dir), run_dir / "model.keras")
-    assert "Lambda" in message or "safe_mode" in message, message
-
-
-# ---------------------------------------------------------------------------------------------
 # Faults: a crash while saving, divergence, kill -9 and --resume
 
 
@@ -301,45 +220,15 @@ def test_crash_while_saving_leaves_the_previous_model_intact(tiny_run, tmp_path,
     assert load_run(run_dir).config.seed == 7 and not (tmp_path / ".run.backup").exists()
 
 
-def test_metrics_update_is_atomic(tiny_run, tmp_path, monkeypatch):
-    run_dir = copy_run(tiny_run, tmp_path / "run")
-    before = (run_dir / "metrics.json").read_bytes()
-
-    def dump_half_then_fail(obj, f, **kwargs):
-        f.write('{"train_loss": 1.')
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(runs.json, "dump", dump_half_then_fail)
-    with pytest.raises(OSError):
-        runs.update_metrics(run_dir, test_loss=2.0)
-    assert (run_dir / "metrics.json").read_bytes() == before
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(p.name for p in tiny_run.iterdir())
-
-
-def test_diverging_run_stops_with_a_message_and_keeps_the_good_model(tiny_run, tmp_path, capsys):
+def test_a_run_that_diverges_keeps_the_good_model_it_would_replace(tiny_run, tmp_path, capsys):
     run_dir = copy_run(tiny_run, tmp_path / "run")
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    data_file = tmp_path / "tiny.txt"
-    data_file.write_text("\n".join(TINY_WORDS), encoding="utf-8")
-    for optimizer in ("sgd", "adam"):
-        result = main_in_process(capsys, "train", "--data", data_file, "--out", run_dir, *TINY_MODEL,
-                                 "--lr", "1000", "--optimizer", optimizer, "--quiet", "--samples", "0")
-        assert_one_line_error(result, "diverged", "--lr", f"{run_dir} is unchanged")
-        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
-        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
-
-
-def test_leftover_backup_needs_resume_and_the_same_configuration(tmp_path, capsys):
-    backup = runs.backup_dir(tmp_path / "run")
-    backup.mkdir()
-    (backup / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
-    runs.write_json(backup / "run.json", {"config": {**Config().to_dict(), "lr": 0.5}})
-    data_file = tmp_path / "tiny.txt"
-    data_file.write_text("\n".join(TINY_WORDS), encoding="utf-8")
-    args = ["train", "--data", data_file, "--out", tmp_path / "run", *TINY_MODEL, "--quiet"]
-    assert_one_line_error(main_in_process(capsys, *args), backup, "--resume")
-    assert_one_line_error(main_in_process(capsys, *args, "--resume"), backup, "another run", "lr")
-    assert backup.is_dir() and not (tmp_path / "run").exists()
+    data_file = load_run(run_dir).data_path
+    result = main_in_process(capsys, "train", "--data", data_file, "--out", run_dir, *TINY_MODEL,
+                             "--lr", "1000", "--quiet", "--samples", "0")
+    assert_one_line_error(result, "diverged", "--lr", f"{run_dir} is unchanged")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
 def history(run_dir):
@@ -355,12 +244,12 @@ def test_kill_9_then_resume_finishes_as_an_uninterrupted_run_would(names_path, t
             "--batch-size", "64", "--steps", "2000", "--optimizer", "adam", "--lr", "0.01",
             "--decay-at", "1000", "--samples", "5", "--quiet"]
     out = tmp_path / "run"
-    backup = runs.backup_dir(out)
+    backup = backups.backup_dir(out)
     proc = subprocess.Popen([sys.executable, "-m", "kmlp", *map(str, args), "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # Killed once the first epoch is saved: from then on a kill (even mid-save) loses nothing.
-        while proc.poll() is None and not _backup_epoch(backup / "training_metadata.json"):
+        while proc.poll() is None and not backups.epoch_of(backup / backups.METADATA_FILE):
             time.sleep(0.02)
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -1,17 +1,21 @@
-"""kmlp.train and the train/evaluate/sample commands: plans, run directories, real-data training."""
+"""kmlp.train and the train/evaluate/sample commands: plans, the shared setup, divergence, run
+directories, real-data training."""
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import TINY_WORDS, run_cli
 
-from kmlp.config import Config, preset
+from kmlp.config import Config, ConfigError, preset
 from kmlp.data import NamesData
 from kmlp.model import build_model
-from kmlp.runs import load_run
-from kmlp.train import PARALLEL_WORK, _repair_backup, count_weights, fit_verdict, plan_training, train
+from kmlp.runs import TrainingDiverged, load_run
+from kmlp.train import PARALLEL_WORK, count_weights, fit_verdict, plan_training, prepare, train
+
+QUIET = dict(verbose=0, log=lambda *_: None)
 
 NOISE = ("cuda", "oneDNN", "absl", "cpu_feature_guard", "I0000", "W0000", "E0000", "Traceback",
          "UserWarning", "tensorflow")
@@ -32,7 +36,7 @@ def test_plan_puts_total_and_milestones_on_call_boundaries(tiny_names_file):
 def test_weight_count_behind_the_thread_choice_matches_the_model(name):
     config = preset(name)
     model = build_model(27, config.block_size, config.n_embd, config.n_hidden, config.n_layers,
-                        norm=None if config.norm == "none" else config.norm)
+                        norm=config.norm)
     matrices = sum(int(np.prod(w.shape)) for w in model.weights if len(w.shape) == 2)
     assert count_weights(config, 27) == matrices
     # small models run each op on one thread; the large presets use every core
@@ -40,9 +44,45 @@ def test_weight_count_behind_the_thread_choice_matches_the_model(name):
 
 
 def test_fit_verdict_reads_the_gap():
-    assert fit_verdict(2.00, 2.01).startswith("underfits")
-    assert fit_verdict(1.80, 2.00).startswith("overfits")
-    assert fit_verdict(2.00, 2.05).startswith("fits well")
+    assert fit_verdict(2.00, 2.01, 27).startswith("underfits")
+    assert fit_verdict(1.80, 2.00, 27).startswith("overfits")
+    assert fit_verdict(2.00, 2.05, 27).startswith("fits well")
+    assert fit_verdict(3.40, 3.50, 27).startswith("barely trained: train loss 3.400 is no better than "
+                                                  "a uniform guess over the 27 tokens (3.296)")
+
+
+def test_prepare_refuses_data_built_for_another_context_or_split():
+    data = NamesData.from_words(TINY_WORDS, block_size=3)
+    for config in (Config(block_size=4), Config(split_seed=1)):
+        with pytest.raises(ConfigError, match="the data was built for --block-size 3 and --split-seed 42"):
+            prepare(config, data)
+
+
+def test_a_batch_larger_than_the_train_split_is_recorded_as_it_ran(tiny_names_file, tmp_path):
+    said = []
+    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=4096, steps=5, decay_at=[], jit_compile=False)
+    result = train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", verbose=0, log=said.append)
+    examples = result.data.num_examples("train")
+    assert any(f"--batch-size 4096 is more than the {examples} training examples" in line for line in said)
+    assert load_run(tmp_path / "run").config.batch_size == examples == result.metrics["batch_size"]
+
+
+def test_a_short_run_with_batch_norm_is_saved_as_barely_trained_not_diverged(tiny_names_file, tmp_path):
+    said = []
+    config = preset("default").replace(steps=20, jit_compile=False)  # batch-norm statistics lag behind
+    result = train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", verbose=0, log=said.append)
+    assert result.metrics["train_loss"] > math.log(len(result.data.vocab))
+    assert (tmp_path / "run" / "model.keras").is_file()
+    assert any(line.startswith("barely trained") for line in said), said
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_loss_that_blows_up_is_diverged_and_nothing_is_saved(optimizer, tiny_names_file, tmp_path):
+    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=40, decay_at=[],
+                    optimizer=optimizer, lr=1000.0, jit_compile=False)
+    with pytest.raises(TrainingDiverged, match="training diverged .the (loss became NaN|training loss rose)"):
+        train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", **QUIET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.txt"]
 
 
 def test_train_writes_a_complete_run(tiny_names_file, tmp_path):
@@ -95,34 +135,3 @@ def test_cli_train_sample_evaluate_end_to_end(names_path, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 1.5 < metrics["test_loss"] < 2.6
     assert f"{metrics['test_loss']:.4f}" in evaluated.stdout
-
-
-def _backup(tmp_path, metadata: str, previous: str | None):
-    backup = tmp_path / ".run.backup"
-    backup.mkdir()
-    (backup / "latest.weights.h5").write_bytes(b"new")
-    (backup / "training_metadata.json").write_text(metadata)
-    if previous is not None:
-        (backup / "latest.weights.h5.bkp").write_bytes(b"old")
-        (backup / "training_metadata.json.bkp").write_text(previous)
-    return backup
-
-
-def test_a_save_killed_while_writing_metadata_falls_back_to_the_previous_epoch(tmp_path):
-    backup = _backup(tmp_path, metadata="", previous='{"epoch": 3, "batch": -1}')
-    assert _repair_backup(backup) == 3
-    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 3
-    assert (backup / "latest.weights.h5").read_bytes() == b"old"  # weights and epoch agree
-
-
-def test_a_first_save_killed_while_writing_metadata_starts_over(tmp_path):
-    backup = _backup(tmp_path, metadata='{"epo', previous=None)
-    assert _repair_backup(backup) is None
-    assert not (backup / "training_metadata.json").exists()  # as if no epoch had finished
-
-
-def test_a_complete_backup_is_left_as_it_is(tmp_path):
-    backup = _backup(tmp_path, metadata='{"epoch": 4, "batch": -1}', previous='{"epoch": 3, "batch": -1}')
-    assert _repair_backup(backup) == 4
-    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 4
-    assert (backup / "latest.weights.h5").read_bytes() == b"new"

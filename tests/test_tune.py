@@ -100,8 +100,18 @@ def test_tiny_search_writes_tables_and_a_config_train_accepts(tiny_names_file, t
 
 
 def test_time_budget_ends_the_search_and_a_cut_trial_is_never_best(tiny_names_file, tmp_path):
-    result = tune(tiny_names_file, tmp_path, max_trials=5, max_minutes=1e-4, steps=500, seed=1,
+    out = tmp_path / "tuning"
+    result = tune(tiny_names_file, out, max_trials=5, max_minutes=1e-4, steps=500, seed=1,
                   algorithm="random", log=lambda *_: None)
     assert len(result.rows) == 1 and result.rows[0]["status"].startswith("stopped at the time limit")
-    assert result.best is None and not (tmp_path / "best_config.json").exists()
-    assert (tmp_path / "results.md").read_text().count("stopped at the time limit") == 1
+    assert result.best is None and not (out / "best_config.json").exists()
+    assert (out / "results.md").read_text().count("stopped at the time limit") == 1
+
+
+def test_a_short_hyperband_trial_that_wins_is_recorded_with_the_full_steps(tiny_names_file, tmp_path):
+    out = tmp_path / "tuning"
+    result = tune(tiny_names_file, out, max_trials=2, max_minutes=10, steps=18, seed=1, algorithm="hyperband",
+                  log=lambda *_: None)
+    assert {row["steps"] for row in result.rows} == {2}  # Hyperband's first round: a ninth of --steps
+    assert result.best_config.steps == 18 == load_config_file(out / "best_config.json").steps
+    assert all(0 < m < 18 for m in result.best_config.decay_at)

@@ -1,0 +1,228 @@
+"""kmlp.runs: where a run may be written, the lock, publishing (exports kept), permissions, reading back."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import keras
+import pytest
+from conftest import ROOT, train_tiny_run
+
+from kmlp import runs
+from kmlp.runs import RunError, RunLock, check_out_dir, load_run, publish
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return train_tiny_run(tmp_path_factory.mktemp("runs")).path
+
+
+def copy_run(run_dir, dest):
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+def tree(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a run may be written
+
+
+def test_a_new_an_empty_and_an_earlier_run_folder_are_accepted(tiny_run, tmp_path):
+    assert check_out_dir(tmp_path / "new" / "run") == tmp_path / "new" / "run"
+    (tmp_path / "empty").mkdir()
+    check_out_dir(tmp_path / "empty")
+    run = copy_run(tiny_run, tmp_path / "run")
+    (run / "export" / "1").mkdir(parents=True)
+    check_out_dir(run)
+
+
+@pytest.mark.parametrize("case", ["user folder", "run with a user file", "file", "symlink"])
+def test_what_kmlp_did_not_write_is_refused(case, tiny_run, tmp_path):
+    target = tmp_path / "out"
+    if case == "user folder":
+        target.mkdir()
+        (target / "thesis.txt").write_text("years of work")
+        needle = "thesis.txt"
+    elif case == "run with a user file":
+        copy_run(tiny_run, target)
+        (target / "notes.txt").write_text("mine")
+        needle = "notes.txt"
+    elif case == "file":
+        target.write_text("a file")
+        needle = "is a file"
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        target.symlink_to(tmp_path / "elsewhere")
+        needle = "symbolic link"
+    before = tree(tmp_path)
+    with pytest.raises(RunError, match=needle):
+        check_out_dir(target)
+    assert tree(tmp_path) == before
+
+
+def test_the_current_folder_and_its_parents_are_refused(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    for out in (".", "..", str(tmp_path / "work")):
+        with pytest.raises(RunError, match="current folder"):
+            check_out_dir(out)
+
+
+def test_a_read_only_file_system_is_refused(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system", str(tmp_path))
+
+    monkeypatch.setattr(runs.tempfile, "mkstemp", read_only)
+    with pytest.raises(RunError, match="cannot write there .Read-only file system"):
+        check_out_dir(tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------
+# One process at a time
+
+HOLD_LOCK = textwrap.dedent("""
+    import sys, time
+    from kmlp.runs import RunLock
+    with RunLock(sys.argv[1]):
+        print("locked", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_a_second_process_is_refused_naming_the_first_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunError, match=rf"in use by another kmlp process \(pid {holder.pid}, since "):
+            with RunLock(out):
+                pass
+    finally:
+        holder.kill()  # as kill -9 would: the lock file stays behind
+        holder.wait(timeout=30)
+    assert (tmp_path / ".run.lock").exists()
+    with RunLock(out):  # the OS released the dead process's lock
+        assert json.loads((tmp_path / ".run.lock").read_text())["pid"] == os.getpid()
+    assert not (tmp_path / ".run.lock").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Publishing
+
+
+def test_retraining_keeps_the_exported_versions_and_replaces_the_rest(tiny_run, tmp_path):
+    out = copy_run(tiny_run, tmp_path / "run")
+    version = out / "export" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"graph")
+    watched = os.stat(version / "saved_model.pb").st_ino
+    staging = runs.staging_dir(out)
+    (staging / "model.keras").write_bytes(b"new model")
+    publish(staging, out)
+    assert (out / "model.keras").read_bytes() == b"new model"
+    assert (out / "export" / "1" / "saved_model.pb").read_bytes() == b"graph"
+    assert os.stat(out / "export" / "1" / "saved_model.pb").st_ino == watched  # the same file, linked
+    assert not (out / "config.json").exists()  # the old run is gone
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_publishing_swaps_the_folders_in_one_step(tmp_path, monkeypatch):
+    old, new = tmp_path / "run", runs.staging_dir(tmp_path / "run")
+    old.mkdir()
+    (old / "a").write_text("old")
+    (new / "a").write_text("new")
+    calls = []
+    monkeypatch.setattr(runs.os, "replace", lambda *a: calls.append(a))  # no two-rename fallback
+    publish(new, old)
+    assert (old / "a").read_text() == "new" and calls == []
+
+
+def test_new_files_and_folders_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        runs.write_json(tmp_path / "x.json", {"a": 1})
+        staging = runs.staging_dir(tmp_path / "run")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o640
+    assert staging.stat().st_mode & 0o777 == 0o750
+
+
+def test_metrics_update_is_atomic(tiny_run, tmp_path, monkeypatch):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    before = (run_dir / "metrics.json").read_bytes()
+
+    def dump_half_then_fail(obj, f, **kwargs):
+        f.write('{"train_loss": 1.')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.json, "dump", dump_half_then_fail)
+    with pytest.raises(OSError):
+        runs.update_metrics(run_dir, test_loss=2.0)
+    assert (run_dir / "metrics.json").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(p.name for p in tiny_run.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run back
+
+
+def test_load_run_gives_the_model_its_configuration_and_vocabulary(tiny_run):
+    run = load_run(tiny_run)
+    assert run.config.block_size == 3 and run.vocab.chars[0] == "a"
+    assert run.data_path.is_absolute() and run.data_path.name == "tiny.txt"
+    assert run.info["data_sha256"] and set(run.metrics) >= {"train_loss", "dev_loss"}
+
+
+def test_a_run_from_before_split_seed_splits_by_its_seed(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    info = json.loads((run_dir / "config.json").read_text())
+    info["config"].pop("split_seed")
+    info["config"]["seed"] = 7
+    (run_dir / "config.json").write_text(json.dumps(info))
+    assert load_run(run_dir).config.split_seed == 7
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no model", "holds no kmlp model"), ("truncated", "corrupt or truncated"),
+    ("garbage", "corrupt or truncated"), ("damaged member", "cannot be loaded"),
+    ("vocabulary", "disagree"), ("config", "not a kmlp configuration"), ("lambda", "Lambda|safe_mode"),
+])
+def test_a_damaged_run_is_refused_with_a_clear_message(damage, message, tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    model_file = run_dir / "model.keras"
+    good = model_file.read_bytes()
+    if damage == "no model":
+        model_file.unlink()
+    elif damage == "truncated":
+        model_file.write_bytes(good[: len(good) // 2])
+    elif damage == "garbage":
+        model_file.write_bytes(os.urandom(len(good)))
+    elif damage == "damaged member":
+        with zipfile.ZipFile(tiny_run / "model.keras") as src, zipfile.ZipFile(model_file, "w") as dst:
+            for item in src.infolist():
+                body = src.read(item)
+                dst.writestr(item, body[: len(body) // 3] if item.filename.endswith(".h5") else body)
+    elif damage in ("vocabulary", "config"):
+        info = json.loads((run_dir / "config.json").read_text())
+        if damage == "vocabulary":
+            info["vocab"]["chars"] = info["vocab"]["chars"][:-2]
+        else:
+            info["config"]["n_hiden"] = 3
+        (run_dir / "config.json").write_text(json.dumps(info))
+    else:  # a model that would run code when loaded
+        inputs = keras.Input(shape=(3,), dtype="int32")
+        outputs = keras.layers.Lambda(lambda x: keras.ops.one_hot(x[:, -1], 27))(inputs)
+        keras.Model(inputs, outputs).save(model_file)
+    with pytest.raises(RunError, match=message) as refused:
+        load_run(run_dir)
+    assert "\n" not in str(refused.value) and str(run_dir) in str(refused.value)
