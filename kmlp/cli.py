@@ -70,6 +70,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--norm", choices=["none", "batch", "layer"], help="normalisation before each tanh")
     g.add_argument("--init", choices=["glorot", "normal"],
                    help="initial dense weights: glorot (default) or normal, N(0, 1) as in the lecture")
+    g.add_argument("--precision", choices=["float32", "mixed_bfloat16"],
+                   help="float32 (default), or mixed_bfloat16: float32 weights, logits and loss, bfloat16 "
+                        "matrix products (faster on CPUs with bfloat16 instructions, with --no-jit)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, help="examples per optimizer step (lecture: 32)")
     g.add_argument("--steps", type=int, help="optimizer steps (lecture: 200000)")
@@ -90,6 +93,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "for N evaluations (default 0: off)")
     g.add_argument("--steps-per-call", type=int,
                    help="optimizer steps run per compiled call (default: chosen to fit steps and milestones)")
+    g.add_argument("--jit", dest="jit_compile", action="store_const", const=True,
+                   help="compile the training step with XLA (the default, but not in the best and fast presets)")
     g.add_argument("--no-jit", dest="jit_compile", action="store_const", const=False,
                    help="do not compile the training step with XLA")
 

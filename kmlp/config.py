@@ -50,6 +50,7 @@ def check_positive_number(value, flag: str) -> float:
 
 NORMS = ("none", "batch", "layer")
 INITS = ("glorot", "normal")
+PRECISIONS = ("float32", "mixed_bfloat16")  # Keras dtype policies a model can be built with
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine")
 
@@ -59,7 +60,7 @@ def _choices(options) -> str:
 
 
 def check_model_options(block_size=3, n_embd=10, n_hidden=200, n_layers=1, dropout=0.0, rdrop=0.0,
-                        norm="none", init="glorot") -> None:
+                        norm="none", init="glorot", precision="float32") -> None:
     """The rules for the model's shape and regularisation, for :meth:`Config.validate` and
     :func:`kmlp.model.build_model` alike; :class:`ConfigError` names the flag."""
     for flag, value in (("--block-size", block_size), ("--n-embd", n_embd), ("--n-hidden", n_hidden),
@@ -76,6 +77,8 @@ def check_model_options(block_size=3, n_embd=10, n_hidden=200, n_layers=1, dropo
         raise ConfigError(f"--norm must be {_choices(NORMS)}, got {norm!r}")
     if init not in INITS:
         raise ConfigError(f"--init must be {_choices(INITS)}, got {init!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be {_choices(PRECISIONS)}, got {precision!r}")
 
 
 def check_optimizer_options(optimizer="sgd", lr=0.1, weight_decay=0.0) -> None:
@@ -142,6 +145,7 @@ class Config:
                                  # times the symmetric KL between the two predictions to the loss
     norm: str = "none"           # normalisation before each tanh: none, batch or layer
     init: str = "glorot"         # dense weights: glorot, or normal (N(0, 1) as in the lecture)
+    precision: str = "float32"   # float32, or mixed_bfloat16: float32 weights, bfloat16 products
     # optimisation
     batch_size: int = 32
     steps: int | None = 200_000  # optimizer steps (ignored when epochs is set; see minutes)
@@ -166,7 +170,7 @@ class Config:
         """This configuration, if every value is in range; else :class:`ConfigError` naming the flag."""
         check_model_options(block_size=self.block_size, n_embd=self.n_embd, n_hidden=self.n_hidden,
                             n_layers=self.n_layers, dropout=self.dropout, rdrop=self.rdrop, norm=self.norm,
-                            init=self.init)
+                            init=self.init, precision=self.precision)
         check_optimizer_options(self.optimizer, self.lr, self.weight_decay)
         check_positive_int(self.batch_size, "--batch-size")
         check_run_length(self.steps, self.epochs, self.minutes, self.decay_at)
@@ -206,29 +210,27 @@ class Config:
 # Named starting points for `kmlp train --preset NAME`; flags given on the command line override them.
 PRESETS: dict[str, dict] = {
     # The lecture's recipe, exactly: its model with its N(0, 1) initial weights, 200k SGD steps at
-    # batch 32, rate 0.1 then 0.01 (dev 2.17, as in the lecture; Glorot initial weights give 2.12).
+    # batch 32, rate 0.1 then 0.01 (its dev loss, and Glorot's initial weights', are in the README).
     "lecture": dict(block_size=3, n_embd=10, n_hidden=200, init="normal", batch_size=32, steps=200_000,
                     optimizer="sgd", lr=0.1, decay_at=[100_000], decay_factor=0.1),
-    # What `kmlp train` does with no flags, in about 3 minutes: the shape and recipe of "best"
-    # (R-Drop included) for 4,500 steps instead of 12k (25 passes over the data). Dev 1.9572 in
-    # 3 min 03 s (the same for 8k steps without R-Drop, at dropout 0.3: 1.9590 in 3 min 23 s).
+    # What `kmlp train` does with no flags, in a few minutes: the shape and recipe of "best" (R-Drop
+    # included), in float32 with XLA, for 4,500 steps (25 passes over the data).
     "default": dict(block_size=8, n_embd=32, n_hidden=512, n_layers=3, norm="batch", dropout=0.15,
                     rdrop=1.0, batch_size=1024, steps=4_500, optimizer="adamw", lr=6e-3,
                     weight_decay=0.15, schedule="cosine", decay_at=[], decay_factor=0.2),
     # Dev loss <= 2.17 (the lecture's result) in seconds, whole process: a wider context, Adam at a
-    # high rate cut twice, 1,200 steps at batch 256 (about 1.7 passes over the data; dev about 2.10).
+    # high rate cut twice, 1,200 steps at batch 256 (about 1.7 passes over the data).
     # Without XLA: compiling costs more than it saves in a run this short.
     "fast": dict(block_size=5, n_embd=16, n_hidden=256, batch_size=256, steps=1_200,
                  optimizer="adam", lr=1e-2, decay_at=[700, 1_000], decay_factor=0.2,
                  jit_compile=False),
-    # The lowest dev loss found within 10 minutes of training: context 8, three 512-unit tanh layers
-    # with batch normalisation and dropout 0.15, R-Drop (each minibatch twice, weight 1 on the KL
-    # between the two passes), AdamW (weight decay 0.15) on a cosine schedule, 12k steps at batch
-    # 1024 (67 passes over the data). Dev 1.9477 in 8 min 23 s (seeds 1 and 2: 1.9453, 1.9446),
-    # against 1.9535 for the same without R-Drop at dropout 0.3; the series' WaveNet reached 1.993.
+    # Dev loss <= 1.95 in the least training time found: context 8, three 512-unit tanh layers with
+    # batch norm, dropout 0.15 and R-Drop, AdamW on a cosine, 8k steps at batch 1024; bfloat16
+    # products, without XLA (with it, bfloat16 steps are no faster than float32 ones).
     "best": dict(block_size=8, n_embd=32, n_hidden=512, n_layers=3, norm="batch", dropout=0.15,
-                 rdrop=1.0, batch_size=1024, steps=12_000, optimizer="adamw", lr=6e-3, weight_decay=0.15,
-                 schedule="cosine", decay_at=[], decay_factor=0.2),
+                 rdrop=1.0, precision="mixed_bfloat16", jit_compile=False, batch_size=1024, steps=8_000,
+                 optimizer="adamw", lr=6e-3, weight_decay=0.15, schedule="cosine", decay_at=[],
+                 decay_factor=0.2),
 }
 
 

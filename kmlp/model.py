@@ -31,8 +31,9 @@ class CharMLP(keras.Model):
     ``rdrop`` > 0 trains with R-Drop (Liang et al. 2021, "R-Drop: Regularized Dropout for Neural
     Networks"): every minibatch goes through the model twice, with different dropout masks, and the
     loss gains ``rdrop`` times the symmetric KL divergence between the two predictions, which pulls
-    the network towards predictions that do not depend on which units were dropped. A step then costs
-    about twice as much; the training loss Keras logs includes the added term.
+    the network towards predictions that do not depend on which units were dropped. The layers up to
+    the first dropout are the same for both passes and run once (see :class:`TwoPasses`); the rest of
+    a step costs twice as much. The training loss Keras logs includes the added term.
     """
 
     def __init__(self, *args, rdrop: float = 0.0, **kwargs):
@@ -63,11 +64,15 @@ class CharMLP(keras.Model):
         log_p, log_q = tf.split(tf.nn.log_softmax(y_pred), 2, axis=0)
         return 0.5 * tf.reduce_sum((tf.exp(log_p) - tf.exp(log_q)) * (log_p - log_q), axis=-1)
 
-    def rdrop_batch(self, *tensors):
-        """Each tensor (or None) stacked on itself along the batch axis, when training with R-Drop."""
+    def rdrop_batch(self, x, *targets):
+        """The inputs and targets of a training step with R-Drop: the targets (and sample weights,
+        or None) stacked on themselves along the batch axis, and the inputs too unless the graph does
+        that itself (see :class:`TwoPasses`)."""
         if not self.rdrop:
-            return tensors
-        return tuple(None if t is None else tf.concat([t, t], axis=0) for t in tensors)
+            return (x, *targets)
+        twice = lambda t: None if t is None else tf.concat([t, t], axis=0)
+        forks = any(isinstance(layer, TwoPasses) for layer in self.layers)
+        return (x if forks else twice(x), *map(twice, targets))
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -80,7 +85,7 @@ class CharMLP(keras.Model):
             with tf.GradientTape() as tape:
                 y_pred = self(xb, training=True)
                 loss = self._compute_loss(x=xb, y=yb, y_pred=y_pred, training=True)
-                self._loss_tracker.update_state(loss, sample_weight=tf.shape(xb)[0])
+                self._loss_tracker.update_state(loss, sample_weight=tf.shape(yb)[0])
             grads = tape.gradient(loss, self.trainable_weights)
             self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
             return i + 1
@@ -89,10 +94,33 @@ class CharMLP(keras.Model):
         return self.get_metrics_result()
 
 
+@keras.saving.register_keras_serializable(package="kmlp")
+class TwoPasses(layers.Layer):
+    """R-Drop's fork: in training, the batch stacked on itself (rows i and B + i are one example), so
+    the layers after it see every example twice, under different dropout masks; otherwise the identity.
+
+    :func:`build_model` puts it just before the first dropout. What comes before is the same for both
+    passes, so it runs once, with the same gradients as when the input is stacked: batch
+    normalisation's statistics over a batch stacked on itself are those of the batch, and the gradient
+    sums over both passes either way. In the ``best`` model that is the first of three hidden layers.
+    (Keras's Adam updates the embedding from its gradient per lookup, a ``tf.IndexedSlices`` with
+    one row per lookup, and half as many lookups carry the same sum: its embedding updates, and so
+    the trained model, differ somewhat from stacking the input; SGD's are the same.)
+
+    >>> x = TwoPasses()(x, training=True)  # [2B, ...] in training, x itself otherwise
+    """
+
+    def call(self, x, training=None):
+        return tf.concat([x, x], axis=0) if training else x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_hidden: int = 200,
                 n_layers: int = 1, dropout: float = 0.0, norm: str = "none",
                 init: str = "glorot", seed: int | None = None, rdrop: float = 0.0,
-                name: str = "kmlp") -> keras.Model:
+                precision: str = "float32", name: str = "kmlp") -> keras.Model:
     """The MLP as a Keras functional model (uncompiled; see :func:`compile_model`).
 
     ``n_layers`` hidden tanh layers of ``n_hidden`` units each; ``norm`` ("batch" or "layer"; "none"
@@ -101,12 +129,18 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
     after it. ``init`` is how the dense layers start: ``glorot`` (Keras's scaled uniform, zero biases)
     or ``normal`` (every weight and bias drawn from N(0, 1) like the lecture's ``torch.randn``, which
     saturates the tanh at first and ends worse). ``rdrop`` is the weight of R-Drop's consistency term
-    (see :class:`CharMLP`; it needs dropout). The other defaults are the lecture's model. A value
-    out of range raises :class:`kmlp.config.ConfigError`.
+    (see :class:`CharMLP`; it needs dropout, and adds a :class:`TwoPasses` before the first dropout).
+    ``precision`` is the Keras dtype policy of every layer but the logits: ``float32``, or
+    ``mixed_bfloat16`` (weights in float32, matrix products in bfloat16, which oneDNN runs faster on
+    CPUs with bfloat16 instructions such as AVX512_BF16; compile without XLA to get that). As in
+    Keras's mixed precision, batch normalisation computes in float32 and the logits layer is float32,
+    so the logits, the softmax and the loss are float32. The policy is saved with each layer: a loaded
+    model computes as the trained one did. The other defaults are the lecture's model. A value out of
+    range raises :class:`kmlp.config.ConfigError`.
     """
     check_positive_int(vocab_size, "vocab_size")
     check_model_options(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers,
-                        dropout=dropout, rdrop=rdrop, norm=norm, init=init)
+                        dropout=dropout, rdrop=rdrop, norm=norm, init=init, precision=precision)
 
     def weights(i):
         s = None if seed is None else seed + i
@@ -119,27 +153,30 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
             return keras.initializers.RandomNormal(stddev=1.0, seed=None if seed is None else seed + 100 + i)
         return "zeros"
 
+    body = {"dtype": precision}  # every layer but the logits (each casts its input to its policy)
     context = keras.Input(shape=(block_size,), dtype="int32", name="context")
     x = layers.Embedding(vocab_size, n_embd, name="embedding",
                          embeddings_initializer=keras.initializers.RandomNormal(
-                             stddev=1.0, seed=seed))(context)
-    x = layers.Reshape((block_size * n_embd,), name="flatten")(x)
+                             stddev=1.0, seed=seed), **body)(context)
+    x = layers.Reshape((block_size * n_embd,), name="flatten", **body)(x)
     for i in range(n_layers):
         suffix = "" if n_layers == 1 else f"_{i + 1}"
         use_norm = norm in ("batch", "layer")
         x = layers.Dense(n_hidden, use_bias=not use_norm, kernel_initializer=weights(i + 1),
                          bias_initializer=biases(i + 1), activation=None if use_norm else "tanh",
-                         name=f"hidden{suffix}")(x)
+                         name=f"hidden{suffix}", **body)(x)
         if use_norm:
             norm_layer = layers.BatchNormalization if norm == "batch" else layers.LayerNormalization
-            x = norm_layer(name=f"{norm}_norm{suffix}")(x)
-            x = layers.Activation("tanh", name=f"tanh{suffix}")(x)
+            x = norm_layer(name=f"{norm}_norm{suffix}", **body)(x)
+            x = layers.Activation("tanh", name=f"tanh{suffix}", **body)(x)
+        if rdrop and i == 0:
+            x = TwoPasses(name="rdrop_fork", **body)(x)
         if dropout:
             # One seed per layer: layers seeded alike would drop the same units in every layer.
             x = layers.Dropout(dropout, seed=None if seed is None else seed + 200 + i,
-                               name=f"dropout{suffix}")(x)
+                               name=f"dropout{suffix}", **body)(x)
     logits = layers.Dense(vocab_size, kernel_initializer=weights(0), bias_initializer=biases(0),
-                          name="logits")(x)
+                          name="logits", dtype="float32")(x)
     return CharMLP(context, logits, name=name, rdrop=rdrop)
 
 

@@ -114,7 +114,8 @@ def build_compiled_model(config: Config, vocab_size: int) -> keras.Model:
     """The configured model, compiled with the configured optimizer (at the initial rate)."""
     model = build_model(vocab_size=vocab_size, block_size=config.block_size, n_embd=config.n_embd,
                         n_hidden=config.n_hidden, n_layers=config.n_layers, dropout=config.dropout,
-                        norm=config.norm, init=config.init, seed=config.seed, rdrop=config.rdrop)
+                        norm=config.norm, init=config.init, seed=config.seed, rdrop=config.rdrop,
+                        precision=config.precision)
     optimizer = make_optimizer(config.optimizer, config.lr, weight_decay=config.weight_decay)
     return compile_model(model, optimizer, jit_compile=config.jit_compile)
 

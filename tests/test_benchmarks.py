@@ -84,6 +84,23 @@ def test_presets_table_trains_evaluates_and_prints_rows(names_path, tmp_path):
     assert "`kmlp train --preset fast`" in fast and any("1.993" in r for r in rows)
 
 
+@pytest.mark.integration
+def test_bench_best_prints_both_recipes_side_by_side_and_a_verdict(names_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_best.py"), "--steps", "100",
+                           "--target", "2.8", "--rounds", "1", "--chunk", "5", "--data", str(names_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    out = done.stdout
+    print(out)
+    assert "before: float32, XLA: 100 steps at batch 1024, float32, XLA, rdrop 1" in out
+    assert "now: --preset best (mixed_bfloat16): 100 steps at batch 1024, mixed_bfloat16, no XLA" in out
+    assert len(re.findall(r"dev loss <= 2.8 first at step 100: \d+ s, \d+ CPU-seconds", out)) == 2
+    assert re.search(r"median: [\d.]+ \| [\d.]+ steps/s, [\d.]+ \| [\d.]+ steps per CPU-second", out)
+    assert re.search(r"a step of the new recipe costs [\d.]+ of the old one's in wall time, [\d.]+ in CPU", out)
+    assert re.search(r"full runs: [\d.]+ in wall time .* [\d.]+ in CPU time\n  steps each needed", out)
+    assert re.search(r"verdict: (at most|more than) half the time to dev loss <= 2.8 \([\d.]+ in wall time", out)
+
+
 def test_both_loops_train_on_kmlps_split_whatever_the_seed(tiny_names_file):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:

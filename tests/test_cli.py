@@ -72,6 +72,13 @@ def test_a_preset_a_config_file_or_a_length_means_steps_unless_minutes_are_asked
     assert train_config("--config", run_config, "--steps", "3750") == preset("default").replace(steps=3750)
 
 
+def test_jit_and_precision_flags_turn_the_best_preset_back_into_its_float32_recipe():
+    assert preset("best").precision == "mixed_bfloat16" and not preset("best").jit_compile
+    old = train_config("--preset", "best", "--precision", "float32", "--jit", "--steps", 12000)
+    assert (old.precision, old.jit_compile, old.steps) == ("float32", True, 12000)
+    assert train_config("--jit", "--no-jit").jit_compile is False  # the last flag given wins
+
+
 def test_flags_override_the_preset_and_leave_the_rest():
     config = train_config("--preset", "lecture", "--lr", "0.05", "--decay-at", "none", "--n-layers", "2")
     assert (config.lr, config.decay_at, config.n_layers) == (0.05, [], 2)

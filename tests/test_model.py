@@ -107,9 +107,93 @@ def test_rdrop_trains_on_twice_the_batch_and_survives_save_and_load(tmp_path, ch
                                                         compute_loss(x, y, y_pred, *a, **kw))[1]
     model.train_on_batch(x, y)
     assert rows == [16] * len(rows) and rows  # the 8 examples of each step, twice
+    assert tuple(model(x[0] if chunked else x, training=True).shape) == (16, 27)  # the fork stacks them
     del model.compute_loss
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
     assert isinstance(again, CharMLP) and again.rdrop == 1.0
     with pytest.raises(ConfigError, match="--rdrop needs --dropout"):
         build_model(27, 3, 4, 16, rdrop=1.0)
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_and_keeps_weights_logits_and_loss_in_float32():
+    model = compile_model(build_model(27, 3, 4, 32, n_layers=2, norm="batch", dropout=0.2, rdrop=1.0,
+                                      precision="mixed_bfloat16", seed=0), "adam")
+    assert all(v.dtype == "float32" for v in model.weights)  # what the optimizer updates
+    assert model.get_layer("hidden_1").output.dtype == "bfloat16"
+    assert model.get_layer("batch_norm_2").dtype_policy.name == "mixed_bfloat16"
+    assert model.get_layer("logits").dtype_policy.name == "float32"
+    x, y = _tiny_batch()
+    logits = model(x, training=False)
+    assert logits.dtype == "float32"
+    assert model.compute_loss(y=np.concatenate([y, y]), y_pred=model(x, training=True)).dtype == "float32"
+    # bfloat16 keeps about 3 significant digits: the float32 model with the same weights is close.
+    same = build_model(27, 3, 4, 32, n_layers=2, norm="batch", dropout=0.2, rdrop=1.0, seed=0)
+    same.set_weights(model.get_weights())
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(same(x, training=False)), atol=0.1)
+    with pytest.raises(ValueError, match="precision"):
+        build_model(27, 3, 4, 32, precision="float16")
+
+
+def test_a_mixed_bfloat16_run_trains_saves_loads_evaluates_samples_and_exports(tiny_names_file, tmp_path):
+    import tensorflow as tf
+
+    from kmlp.config import Config, ConfigError
+    from kmlp.export import export_run
+    from kmlp.runs import load_run
+    from kmlp.sample import NameModel
+    from kmlp.train import EVAL_BATCH, evaluate_loss, train
+
+    config = Config(block_size=3, n_embd=4, n_hidden=32, n_layers=2, norm="batch", dropout=0.2, rdrop=1.0,
+                    precision="mixed_bfloat16", jit_compile=False, batch_size=16, steps=40,
+                    optimizer="adam", lr=1e-2, decay_at=[])
+    trained = train(config, tiny_names_file, out_dir=tmp_path / "run", verbose=0, log=lambda *_: None)
+    assert trained.metrics["dev_loss"] < np.log(len(trained.data.vocab))
+    run = load_run(tmp_path / "run")
+    assert run.config.precision == "mixed_bfloat16"
+    assert [l.dtype_policy.name for l in run.model.layers if l.name.startswith("hidden")] == ["mixed_bfloat16"] * 2
+    x = _tiny_batch()[0] % len(run.vocab)
+    np.testing.assert_array_equal(run.model(x, training=False), trained.model(x, training=False))
+    dev = trained.data.dataset("dev", EVAL_BATCH, shuffle=False)
+    assert evaluate_loss(run.model, dev) == pytest.approx(trained.metrics["dev_loss"], abs=1e-6)
+
+    lm = NameModel(run.model, run.vocab)
+    assert lm.sample(5, seed=1) == lm.sample(5, seed=1) and len(lm.sample(5, seed=1)) == 5
+    (log_likelihood, tokens), = lm.score(["emma"])
+    assert np.isfinite(log_likelihood) and log_likelihood < 0 and tokens == 5
+    served = tf.saved_model.load(str(export_run(run)))
+    probs = served.signatures["serving_default"](context=tf.constant(["emm", ""]))["probabilities"]
+    assert probs.dtype == tf.float32
+    np.testing.assert_allclose(probs.numpy(), lm.next_probs(lm.context_ids(np.array(["emm", ""]))), atol=1e-6)
+    np.testing.assert_allclose(probs.numpy().sum(axis=1), 1.0, atol=1e-5)
+    names = served.signatures["generate"](count=tf.constant(5), seed=tf.constant(1, tf.int64),
+                                          temperature=tf.constant(1.0))["names"]
+    assert [n.decode() for n in names.numpy()] == lm.sample(5, seed=1)
+    with pytest.raises(ConfigError, match="--precision"):
+        config.replace(precision="bfloat16").validate()
+
+
+def test_rdrop_runs_the_layers_before_the_first_dropout_once_with_the_same_result():
+    """TwoPasses (before the first dropout) gives the gradients that stacking the whole input did:
+    batch statistics over a batch stacked on itself are those of the batch. (With SGD: Keras's Adam
+    updates an embedding from its gradient per lookup, and the fork has half as many lookups.)"""
+    from kmlp.model import TwoPasses
+
+    def trained(fork):
+        model = build_model(27, 3, 4, 32, n_layers=2, norm="batch", dropout=0.2, rdrop=1.0, seed=5)
+        assert [type(l).__name__ for l in model.layers[6:8]] == ["TwoPasses", "Dropout"]
+        if not fork:  # the same layers, with the input stacked before the embedding instead
+            inputs = keras.Input((3,), dtype="int32")
+            h = inputs
+            for layer in model.layers[1:]:
+                h = h if isinstance(layer, TwoPasses) else layer(h)
+            model = CharMLP(inputs, h, rdrop=1.0)
+        compile_model(model, "sgd", lr=0.5, jit_compile=False)
+        x, y = _tiny_batch(k=3)
+        model.train_on_batch(x, y)
+        return model
+
+    stacked, forked = trained(False), trained(True)
+    assert not any(isinstance(l, TwoPasses) for l in stacked.layers)
+    for a, b in zip(stacked.get_weights(), forked.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
