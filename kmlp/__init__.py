@@ -22,7 +22,7 @@ _EXPORTS = {
     "data": ["DataError", "NamesData", "Vocabulary", "build_dataset", "load_words", "make_dataset",
              "split_words"],
     "model": ["CharMLP", "build_model", "compile_model", "make_optimizer"],
-    "callbacks": ["CosineDecay", "ElapsedTime", "LRFinder", "LossCurve", "StepDecay"],
+    "callbacks": ["CosineDecay", "ElapsedTime", "LRFinder", "LossCurve", "StepDecay", "TensorBoard"],
     "lr_find": ["LRFindResult"],
     "runs": ["Run", "RunError", "load_run"],
     "train": ["Setup", "TrainingDiverged", "TrainResult", "build_compiled_model", "evaluate_loss",
