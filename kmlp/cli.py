@@ -454,7 +454,7 @@ def cmd_lr_find(args) -> int:
 
     config = config_from_args(args)
     check_range_test(args.start_lr, args.end_lr, args.num_steps)
-    check_out_dir(args.out, own_entries={"lr_find.csv", "lr_find.png"}, is_own=lambda path: True,
+    check_out_dir(args.out, own_entries={"lr_find.csv", "lr_find.png", "logs"}, is_own=lambda path: True,
                   what="range test results")
     data = NamesData.for_config(args.data, config)
     from .lr_find import range_test

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from . import backup as backups
-from . import plots, runs
+from . import logs, plots, runs
 from .callbacks import CosineDecay, StepDecay
 from .config import Config, ConfigError
 from .data import NamesData, file_sha256
@@ -249,9 +249,15 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         start_epoch = backup.start(resume, backups.identity(setup.config, data, setup.plan), log)
         start_loss = evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False).take(1))
         curve, clock, backup_callbacks = backup.callbacks(start_epoch)
+        # Before the backup's callbacks: an epoch's logs are on disk before the backup records the epoch.
+        board = logs.tensorboard(backup.logs, data.vocab, setup.plan.epochs)
+        if not start_epoch:
+            logs.write_config(backup.logs / logs.TRAIN, {"preset": preset_name, "data": _data_location(data),
+                                                         **setup.config.to_dict()})
+        log(logs.watch_hint(backup.logs, out_dir))
         fit_started = time.perf_counter()
         try:
-            history = setup.fit([keras.callbacks.TerminateOnNaN(), *backup_callbacks, *callbacks],
+            history = setup.fit([keras.callbacks.TerminateOnNaN(), board, *backup_callbacks, *callbacks],
                                 start_epoch=start_epoch, verbose=verbose)
         except KeyboardInterrupt:
             log(f"interrupted; the same command with --resume continues from the last completed "
@@ -314,6 +320,7 @@ def _save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_
     staging = runs.staging_dir(out_dir)
     try:
         shutil.copyfile(backup.history, staging / runs.HISTORY_FILE)
+        logs.copy(backup.logs, staging / runs.LOGS_DIR)
         setup.model.save(staging / runs.MODEL_FILE)
         plots.plot_training(staging, setup.model, data.vocab, curve, staging / runs.HISTORY_FILE,
                             setup.plan.steps_per_epoch,
@@ -321,7 +328,7 @@ def _save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_
         runs.write_json(staging / runs.CONFIG_FILE, {
             "config": setup.config.to_dict(),
             "vocab": data.vocab.to_json(),
-            "data": str(Path(data.path).absolute()) if data.path else None,
+            "data": _data_location(data),
             "data_sha256": file_sha256(data.path) if data.path else None,
             "preset": preset_name,
         })
@@ -330,6 +337,10 @@ def _save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _data_location(data: NamesData) -> str | None:
+    return str(Path(data.path).absolute()) if data.path else None
 
 
 @dataclass
