@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from .config import check_positive_number, check_range_test
+from .runs import atomic_open
 
 
 def _rate_of(optimizer) -> float:
@@ -231,17 +232,18 @@ class TensorBoard(keras.callbacks.TensorBoard):
       the callbacks that set the rate.
     - **Embeddings.** Keras 3 saves them as ``.weights.h5``, which the projector cannot read, with
       its configuration outside the ``train`` folder, where ``tensorboard --logdir`` of a parent
-      folder does not look. Here each ``Embedding`` layer's table is saved every ``embeddings_freq``
-      epochs and when training ends, as a TensorFlow checkpoint in ``train`` (the latest one
-      kept), with ``projector_config.pbtxt`` beside it. ``embeddings_metadata`` is as in Keras (a
-      labels file, or a dict of layer name to file, relative to ``train``) or a list with one label
-      per row, written to ``train/metadata.tsv``.
+      folder does not look. Here each ``Embedding`` layer's table is written every
+      ``embeddings_freq`` epochs and when training ends to ``train/<layer name>.tsv``, the
+      projector's own format for a table without a checkpoint (far cheaper to write than a first
+      checkpoint for a table of characters; not meant for tables of millions of values), with
+      ``projector_config.pbtxt`` beside it once there is a table to show.
+      ``embeddings_metadata`` is as in Keras (a labels file, or a dict of layer name to file,
+      relative to ``train``) or a list with one label per row, written to ``train/metadata.tsv``.
     - **Flushing.** The event files are flushed after every epoch, so TensorBoard shows a live run
       up to its last epoch, and a process killed after an epoch has lost none of it.
     """
 
     LABELS_FILE = "metadata.tsv"
-    CHECKPOINT_NAME = "embeddings"
 
     def __init__(self, log_dir="logs", *args, update_freq="epoch", **kwargs):
         if update_freq != "epoch" and update_freq != "batch" and not (
@@ -251,7 +253,6 @@ class TensorBoard(keras.callbacks.TensorBoard):
         super().__init__(str(log_dir), *args, update_freq="epoch", **kwargs)  # batch points are written here
         self.batch_freq = 0 if update_freq == "epoch" else 1 if update_freq == "batch" else update_freq
         self._batches = _BatchMeans()
-        self._tables = None
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -330,7 +331,6 @@ class TensorBoard(keras.callbacks.TensorBoard):
     def _configure_embeddings(self):
         from tensorboard.plugins import projector
 
-        self._tables = None  # a new model: new tables to save
         metadata = self.embeddings_metadata
         if isinstance(metadata, (list, tuple)):
             for layer in self._embedding_layers():
@@ -339,35 +339,27 @@ class TensorBoard(keras.callbacks.TensorBoard):
                                      f"{layer.name!r} has {layer.input_dim} rows")
                 if any(set(str(label)) & set("\t\n\r") for label in metadata):
                     raise ValueError("embeddings_metadata labels may not hold tabs or line breaks")
-            os.makedirs(self._train_dir, exist_ok=True)
-            with open(os.path.join(self._train_dir, self.LABELS_FILE), "w", encoding="utf-8") as f:
+            with atomic_open(os.path.join(self._train_dir, self.LABELS_FILE)) as f:
                 f.write("".join(f"{label}\n" for label in metadata))
             metadata = self.LABELS_FILE
-        config = projector.ProjectorConfig()
+        self._projector = projector.ProjectorConfig()
         for layer in self._embedding_layers():
-            embedding = config.embeddings.add()
-            embedding.tensor_name = f"{layer.name}/.ATTRIBUTES/VARIABLE_VALUE"
+            embedding = self._projector.embeddings.add()
+            embedding.tensor_name, embedding.tensor_path = layer.name, f"{layer.name}.tsv"
             if isinstance(metadata, str):
                 embedding.metadata_path = metadata
             elif isinstance(metadata, dict) and layer.name in metadata:
                 embedding.metadata_path = metadata[layer.name]
-        os.makedirs(self._train_dir, exist_ok=True)
-        projector.visualize_embeddings(self._train_dir, config)
 
     def _log_embeddings(self, step):
-        import tensorflow as tf
+        from google.protobuf import text_format
+        from tensorboard.plugins.projector.metadata import PROJECTOR_FILENAME
 
-        values = {layer.name: keras.ops.convert_to_numpy(layer.embeddings)
-                  for layer in self._embedding_layers()}
-        if self._tables is None:
-            self._tables = {name: tf.Variable(value, trainable=False) for name, value in values.items()}
-            # Only the latest table is kept; TensorBoard's projector opens the latest checkpoint.
-            self._checkpoints = tf.train.CheckpointManager(
-                tf.train.Checkpoint(**self._tables), self._train_dir, max_to_keep=1,
-                checkpoint_name=self.CHECKPOINT_NAME)
-        for name, value in values.items():
-            self._tables[name].assign(value)
-        self._checkpoints.save(checkpoint_number=step)
+        for layer in self._embedding_layers():  # each file written whole: TensorBoard may be reading it
+            with atomic_open(os.path.join(self._train_dir, f"{layer.name}.tsv")) as f:
+                np.savetxt(f, keras.ops.convert_to_numpy(layer.embeddings), fmt="%.9g", delimiter="\t")
+        with atomic_open(os.path.join(self._train_dir, PROJECTOR_FILENAME)) as f:
+            f.write(text_format.MessageToString(self._projector))  # what projector.visualize_embeddings writes
         self._embeddings_step = step
 
 

@@ -2,7 +2,7 @@
 
     DIR/logs/train/         batch_loss, batch_learning_rate (every compiled call of K steps),
                             epoch_loss, epoch_learning_rate (every evaluation), config (text);
-                            the projector's embeddings-STEP checkpoint, metadata.tsv (one label per
+                            the projector's embedding.tsv (the table), metadata.tsv (one label per
                             character, the boundary as ".") and projector_config.pbtxt
     DIR/logs/validation/    epoch_loss (dev), evaluation_loss_vs_iterations
 

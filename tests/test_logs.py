@@ -35,7 +35,7 @@ from kmlp.tune import tune
 # 60 steps in 4 evaluations of 3 compiled calls of 5 steps each: several points per epoch.
 TINY = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3,
               steps_per_call=5)
-EMBEDDING_TENSOR = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+EMBEDDING_TENSOR = "embedding"
 
 
 def quiet(*_):
@@ -106,15 +106,31 @@ def test_projector_config_names_the_embedding_and_its_labels_in_vocabulary_order
     config = text_format.Parse((train_dir / "projector_config.pbtxt").read_text(), ProjectorConfig())
     assert len(config.embeddings) == 1
     embedding = config.embeddings[0]
-    assert (embedding.tensor_name, embedding.metadata_path) == (EMBEDDING_TENSOR, "metadata.tsv")
+    assert (embedding.tensor_name, embedding.tensor_path, embedding.metadata_path) == (
+        EMBEDDING_TENSOR, "embedding.tsv", "metadata.tsv")
 
     run = load_run(run_dir)
     labels = (train_dir / embedding.metadata_path).read_text(encoding="utf-8").split("\n")
     assert labels[-1] == "" and labels[:-1] == ["."] + run.vocab.chars  # index order, boundary first
-    checkpoint = tf.train.latest_checkpoint(str(train_dir))  # what the projector opens
-    assert checkpoint is not None and checkpoint.endswith("embeddings-60")
-    table = tf.train.load_checkpoint(checkpoint).get_tensor(EMBEDDING_TENSOR)
-    np.testing.assert_array_equal(table, run.model.get_layer("embedding").get_weights()[0])
+    table = np.loadtxt(train_dir / embedding.tensor_path, delimiter="\t", dtype=np.float32)
+    np.testing.assert_array_equal(table, run.model.get_layer("embedding").get_weights()[0])  # the last
+
+
+def test_training_a_run_again_replaces_its_logs_with_the_new_trainings(tiny_run, tmp_path):
+    """Like history.csv, a run's logs are those of the model it holds: no point of the old training
+    is left among the new one's, and no stale projector table."""
+    run_dir, _ = tiny_run
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    again = TINY.replace(steps=30, decay_at=[20], n_hidden=12)
+    retrained = train(again, data_path=run_dir.parent / "tiny.txt", out_dir=out, verbose=0, log=quiet)
+    train_dir = out / "logs" / "train"
+    assert max(scalars(train_dir, "batch_loss")) == 30 and max(scalars(train_dir, "epoch_loss")) == 30
+    assert sorted(scalars(out / "logs" / "validation", "epoch_loss")) == [
+        (int(row["epoch"]) + 1) * 30 // retrained.metrics["epochs"] for row in history_rows(out)]
+    assert "| n_hidden | 12 |" in dict(events(train_dir)["config"])[0].item().decode()
+    table = np.loadtxt(train_dir / "embedding.tsv", delimiter="\t", dtype=np.float32)
+    np.testing.assert_array_equal(table, load_run(out).model.get_layer("embedding").get_weights()[0])
 
 
 class KilledAfterLogging(Exception):
@@ -142,6 +158,7 @@ def test_resume_after_a_kill_writes_no_step_twice(tiny_names_file, tmp_path, mon
     said = []
     train(TINY, data_path=tiny_names_file, out_dir=out, verbose=0, log=said.append, resume=True)
     assert any("resuming from" in line and "2 of 4 epochs" in line for line in said)
+    assert logs.watch_hint(live, out) in said  # where to watch, printed by every training
     train_dir, dev_dir = out / "logs" / "train", out / "logs" / "validation"
     assert sorted(scalars(train_dir, "batch_loss")) == list(range(5, 61, 5))
     for directory in (train_dir, dev_dir):  # scalars() fails on any step written twice
