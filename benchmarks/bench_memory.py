@@ -1,8 +1,8 @@
 """Memory of kmlp sample and kmlp score as the request grows: the peak resident memory of each command,
-run as a user would (``python -m kmlp``, output thrown away).
+run as a user runs it (``python -m kmlp``, output thrown away).
 
     kmlp train --preset lecture --out /tmp/lecture --samples 0
-    python benchmarks/bench_memory.py /tmp/lecture                    # -n 10^4 ... 10^6, score lists
+    python benchmarks/bench_memory.py /tmp/lecture              # -n 10,000 to 1,000,000, and score
 
 Names stream out in chunks and scoring runs in bounded slices, so the peak should stay flat while
 -n, the number of names scored, or the length of one name grows by orders of magnitude.
@@ -31,6 +31,7 @@ def peak_of(args: list[str], stdin_path: Path | None = None) -> tuple[float, flo
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"kmlp {' '.join(args)} failed: {proc.stderr.read().decode()[-2000:]}")
+    proc.stderr.close()
     return usage.ru_maxrss / 1024, seconds  # ru_maxrss is in KiB on Linux
 
 
@@ -43,21 +44,21 @@ def main() -> None:
     if args.max_names < 10_000:
         p.error(f"--max-names must be at least 10000, got {args.max_names}")
     sizes = [n for n in (10_000, 100_000, 1_000_000, 10_000_000) if n <= args.max_names]
-    print(f"{'command':<44} {'peak MiB':>9} {'seconds':>8}")
+    print(f"{'command':<46} {'peak MiB':>9} {'seconds':>8}")
     for n in sizes:
         peak, seconds = peak_of(["sample", args.run_dir, "-n", str(n), "--seed", "1"])
-        print(f"{f'kmlp sample -n {n:,}':<44} {peak:9.0f} {seconds:8.1f}")
+        print(f"{f'kmlp sample -n {n:,}':<46} {peak:9.0f} {seconds:8.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             names = Path(tmp) / f"names_{n}.txt"
             names.write_text("emma\nolivia\nava\nisabella\nsophia\n" * (n // 5), encoding="utf-8")
             peak, seconds = peak_of(["score", args.run_dir, "--file", "-"], stdin_path=names)
-            print(f"{f'kmlp score --file - ({n:,} names)':<44} {peak:9.0f} {seconds:8.1f}")
+            print(f"{f'kmlp score --file - ({n:,} names)':<46} {peak:9.0f} {seconds:8.1f}")
         for length in (2_000, 200_000):
             names = Path(tmp) / f"long_{length}.txt"
             names.write_text("emma\n" * 10_000 + "a" * length + "\n", encoding="utf-8")
             peak, seconds = peak_of(["score", args.run_dir, "--file", str(names)])
-            print(f"{f'kmlp score: 10,000 names + one of {length:,} chars':<44} {peak:9.0f} {seconds:8.1f}")
+            print(f"{f'kmlp score: 10,000 names + one of {length:,} chars':<46} {peak:9.0f} {seconds:8.1f}")
 
 
 if __name__ == "__main__":

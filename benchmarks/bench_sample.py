@@ -3,6 +3,10 @@ and the latency of one ``generate`` call on the exported SavedModel.
 
     kmlp train --preset lecture --steps 2000 --out /tmp/lecture --quiet
     python benchmarks/bench_sample.py /tmp/lecture                 # 100,000 names, 5 repeats
+    python benchmarks/bench_sample.py /tmp/lecture --baseline 57f765f   # against an earlier sampler
+
+``--baseline REV`` loads ``kmlp/sample.py`` as it was at git revision REV and times it side by side
+with today's, repeat by repeat in turn, so that both see the same load on the machine.
 
 Without a run directory it builds the lecture-size model with random weights (pure speed; random
 weights end names later than trained ones, so the figure is not comparable). The lecture's loop is
@@ -15,7 +19,9 @@ since it is slow; names/s is what is compared.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +65,42 @@ def lecture_loop(weights, block_size: int, num: int, seed: int) -> list[list[int
     return names
 
 
+def sampler_at(revision: str, directory: Path):
+    """``kmlp/sample.py`` as it was at git ``revision``, imported as a module of the kmlp package."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(["git", "-C", str(root), "show", f"{revision}:kmlp/sample.py"],
+                            capture_output=True, text=True, check=True).stdout
+    path = directory / "sample_at_revision.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("kmlp._sample_at_revision", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare_with_baseline(model, vocab, revision: str, num: int, repeats: int) -> None:
+    """Names/s of the sampler at ``revision`` and of today's, timed in turn, repeat by repeat."""
+    with tempfile.TemporaryDirectory() as tmp:
+        before = sampler_at(revision, Path(tmp)).NameModel(model, vocab)
+        after = NameModel(model, vocab)
+        before.sample(num, seed=0), after.sample(num, seed=0)  # trace and warm up both
+        times = {"before": [], "after": []}
+        for i in range(repeats):
+            for label, lm in (("before", before), ("after", after)):
+                started = time.perf_counter()
+                lm.sample(num, seed=i + 1)
+                times[label].append(time.perf_counter() - started)
+    rates = {label: num / statistics.median(t) for label, t in times.items()}
+    best = {label: num / min(t) for label, t in times.items()}
+    print(f"\nside by side, {num:,} names per call, {repeats} repeats each, in turn:")
+    for label, t in times.items():
+        name = f"kmlp/sample.py at {revision}" if label == "before" else "kmlp/sample.py now"
+        print(f"  {name:<32} median {statistics.median(t):.3f} s  {rates[label]:>10,.0f} names/s "
+              f"(fastest call {best[label]:,.0f} names/s)")
+    print(f"  now / {revision}: {rates['after'] / rates['before']:.2f}x names/s "
+          f"(fastest calls: {best['after'] / best['before']:.2f}x)")
+
+
 def timed(fn, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -77,6 +119,8 @@ def main() -> None:
                    help="names drawn by the one-at-a-time loop (default 2,000)")
     p.add_argument("--latency-calls", type=int, default=200,
                    help="single-name generate calls on the SavedModel (default 200)")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also time kmlp/sample.py as it was at this git revision, side by side")
     args = p.parse_args()
 
     if args.run_dir:
@@ -105,6 +149,9 @@ def main() -> None:
     print(f"  per call: median {statistics.median(times):.3f} s (min {min(times):.3f}, "
           f"max {max(times):.3f}, {args.repeats} repeats); mean name length {mean_len:.2f}")
     print(f"  {batched:,.0f} names/s")
+
+    if args.baseline:
+        compare_with_baseline(model, vocab, args.baseline, args.num, args.repeats)
 
     # --- the lecture's loop --------------------------------------------------------------------
     layers = [layer.name for layer in model.layers if layer.weights]

@@ -1,12 +1,14 @@
 """The ``kmlp`` command: a thin layer over the Python API.
 
     kmlp train [--preset NAME] [flags]        train a model, save it, print sampled names
-    kmlp evaluate DIR --split test            loss of a saved model on one split
+    kmlp evaluate DIR --split test            loss, perplexity, bits per character on one split
     kmlp sample DIR -n 20 --seed 1            names sampled from a saved model
-    kmlp score DIR emma zoe                   log-likelihood of names under a saved model
-    kmlp export DIR                           SavedModel for TensorFlow Serving in DIR/export/N
+    kmlp score DIR emma zoe                   log-likelihood of names under a saved model (or --file)
+    kmlp export DIR [--format litert]         SavedModel for TensorFlow Serving in DIR/export/N
+                                              (or model.tflite for LiteRT in DIR/litert/N)
     kmlp tune --max-minutes 30 --out DIR      hyperparameter search on the dev split (KerasTuner)
     kmlp lr-find --preset lecture --json      learning-rate range test and a suggested rate
+    kmlp serve DIR --port 8501                TensorFlow Serving's REST API and a playground page
 
 Every error in the input (files, flags, saved models, output folders) ends in a one-line message,
 ``kmlp: error: ...``, and exit status 2; flags and files are checked before TensorFlow loads.
@@ -235,88 +237,116 @@ def add_evaluate_parser(sub) -> None:
 
 def cmd_sample(args) -> int:
     import json
-    import math
 
-    import numpy as np
+    from .drawing import Sampling, check_count, pick_seed
+
+    # Flags are checked before TensorFlow loads, so mistakes are reported at once.
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        prefix=args.prefix, min_len=args.min_len, max_len=args.max_len).check()
+    num, seed = check_count(args.num), pick_seed(args.seed)
 
     from .runs import load_run
-    from .sample import MAX_LEN, NameModel, where_found
+    from .sample import NameModel, split_index
 
-    max_len = MAX_LEN if args.max_len is None else args.max_len
-    if args.num < 1:
-        raise UsageError(f"-n/--num must be a positive integer, got {args.num}")
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise UsageError(f"--temperature must be a positive number, got {args.temperature}")
-    if args.top_k < 0:
-        raise UsageError(f"--top-k must be 0 (all characters) or more, got {args.top_k}")
-    if max_len < 1:
-        raise UsageError(f"--max-len must be a positive integer, got {max_len}")
     run = load_run(args.run_dir)
     lm = NameModel(run.model, run.vocab)
-    try:
-        lm.check(args.prefix, "--prefix")
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(2**31))
-    names = lm.sample(args.num, seed=seed, temperature=args.temperature, top_k=args.top_k,
-                      prefix=args.prefix, max_len=max_len)
-    splits, unavailable = _run_splits(run, args.data)
-    marks = where_found(names, splits) if splits else [None] * len(names)
-    new = sum(m == "new" for m in marks)
-    if args.json:
-        print(json.dumps({
-            "seed": seed, "temperature": args.temperature, "top_k": args.top_k, "prefix": args.prefix,
-            "names": [{"name": n, "found_in": m} for n, m in zip(names, marks)],
-            "new_share": new / len(names) if splits else None,
-            "marks_unavailable": unavailable,
-        }, indent=2, ensure_ascii=False))
-        return 0
-    width = max(map(len, names))
-    for name, mark in zip(names, marks):
-        print(f"{name:<{width}}  {mark}" if mark else name)
-    if splits:
-        seen = {split: sum(m == split for m in marks) for split in ("train", "dev", "test")}
-        print(f"new: {new} of {len(names)} ({new / len(names):.0%}); in train {seen['train']}, "
-              f"in dev/test {seen['dev'] + seen['test']}")
-    else:
-        print(f"kmlp: train/dev/test marks unavailable: {unavailable}", file=sys.stderr)
+    sampling.check(run.vocab.chars)  # the prefix against the vocabulary, before the data is read
+    splits, unavailable = run.splits(args.data)
+    if args.new and not splits:
+        raise UsageError(f"--new needs the names the model was trained on: {unavailable}")
+    split_of = split_index(splits) if splits else {}
+    names = lm.stream(num, seed, unique=args.unique, exclude=split_of if args.new else None,
+                      **sampling.to_dict())
+    found = dict.fromkeys(("train", "dev", "test", "new"), 0)
+    with _QuietOnClosedPipe():
+        if args.json:
+            head = {"seed": seed, **sampling.to_dict(), "unique": args.unique, "new": args.new}
+            sys.stdout.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "names": [')
+        try:
+            for i, name in enumerate(names):
+                mark = split_of.get(name, "new") if splits else None
+                if mark:
+                    found[mark] += 1
+                if args.json:
+                    entry = json.dumps({"name": name, "found_in": mark}, ensure_ascii=False)
+                    sys.stdout.write(("," if i else "") + "\n  " + entry)
+                else:
+                    sys.stdout.write(f"{name:<{NAME_WIDTH}}  {mark}\n" if mark else name + "\n")
+        finally:  # also when --unique/--new fall short: the names found so far stay readable
+            total = sum(found.values())
+            if args.json:
+                share = found["new"] / total if splits and total else None
+                sys.stdout.write(f'\n], "new_share": {json.dumps(share)}, '
+                                 f'"marks_unavailable": {json.dumps(unavailable, ensure_ascii=False)}}}\n')
+        if args.json:
+            return 0
+        if splits:
+            print(f"new: {found['new']} of {total} ({found['new'] / total:.0%}); in train {found['train']}, "
+                  f"in dev/test {found['dev'] + found['test']}")
+        else:
+            print(f"kmlp: train/dev/test marks unavailable: {unavailable}", file=sys.stderr)
     return 0
 
 
-def _run_splits(run, data_path):
-    """The run's train/dev/test names, from --data or the file it was trained on, and why not if not."""
-    from .data import DataError, NamesData
+NAME_WIDTH = 16  # names are printed as drawn, so the mark column is aligned for names up to this long
 
-    path = data_path or run.info.get("data")
-    if not path:
-        return None, f"{run.path / 'config.json'} names no data file; pass --data PATH"
-    try:
-        data = NamesData.for_config(path, run.config, vocab=run.vocab)
-    except DataError as e:
-        if data_path:  # asked for explicitly: an error, not a note
-            raise
-        return None, str(e)
-    return data.words, None
+
+class _QuietOnClosedPipe:
+    """Stop without a traceback when the reader of stdout goes away (``kmlp sample -n 10**7 | head``)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None:
+            try:
+                sys.stdout.flush()
+                return False
+            except BrokenPipeError:
+                kind = BrokenPipeError
+        if not issubclass(kind, BrokenPipeError):
+            return False
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail again
+        return True
 
 
 def add_sample_parser(sub) -> None:
+    from .drawing import DRAWS_PER_NAME, MAX_LEN, MAX_NAME_LENGTH, MIN_DRAWS
+
     p = sub.add_parser("sample", help="print names sampled from a saved model",
-                       description="Sample names in one batched, in-graph loop and mark each as found "
-                                   "in the run's train split, in dev/test, or new.")
+                       description="Sample names in batched, in-graph loops and mark each as found "
+                                   "in the run's train split, in dev/test, or new. Names are printed "
+                                   "as they are drawn, so -n can be as large as you like.")
     p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
     p.add_argument("-n", "--num", type=int, default=20, help="how many names (default 20)")
-    p.add_argument("--seed", type=int, help="random seed; the same seed gives the same names")
+    p.add_argument("--seed", type=int, help="random seed from 0 to 4294967295; the same seed gives the "
+                   "same names (and the first of them for a smaller -n)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="divides the logits: below 1 safer, more common names; above 1 wilder (default 1)")
-    p.add_argument("--top-k", type=int, default=0,
+    p.add_argument("--top-k", type=int, default=0, metavar="K",
                    help="draw only among the k likeliest next characters; 1 always takes the likeliest, "
                         "0 (default) considers all")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="nucleus sampling: draw only among the likeliest next characters whose "
+                        "probabilities add up to P (default 1: all)")
     p.add_argument("--prefix", default="", help="letters every name starts with")
-    p.add_argument("--max-len", type=int,
-                   help="characters generated at most per name; longer ones are cut (default 50)")
+    p.add_argument("--min-len", type=int, default=0,
+                   help="characters per name at least, prefix included: the end of a name is not "
+                        "drawn before (default 0)")
+    p.add_argument("--max-len", type=int, default=MAX_LEN,
+                   help=f"characters per name at most, prefix included; longer ones are cut "
+                        f"(default {MAX_LEN}, at most {MAX_NAME_LENGTH})")
+    p.add_argument("--unique", action="store_true", help="no name twice: draw until -n distinct names")
+    p.add_argument("--new", action="store_true",
+                   help="only names in none of the training file's splits: draw until -n are found")
     p.add_argument("--data", metavar="PATH",
                    help="names file that marks train/dev/test (default: the one the model was trained on)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.epilog = (f"--unique and --new give up, with an error, after max({MIN_DRAWS:,}, "
+                f"{DRAWS_PER_NAME} x N) draws.")
     p.set_defaults(func=cmd_sample)
 
 
@@ -325,6 +355,9 @@ def add_sample_parser(sub) -> None:
 
 
 def cmd_score(args) -> int:
+    if bool(args.names) == bool(args.file):
+        raise UsageError("give the names to score either as arguments or with --file PATH "
+                         "('-' for standard input)")
     import json
 
     from .runs import load_run
@@ -332,32 +365,84 @@ def cmd_score(args) -> int:
 
     run = load_run(args.run_dir)
     lm = NameModel(run.model, run.vocab)
-    bad = [n for n in args.names if run.vocab.unknown(n)]
-    if bad:
-        details = "; ".join(f"{n!r} has {''.join(run.vocab.unknown(n))!r}" for n in bad)
-        raise UsageError(f"names with characters outside the model's vocabulary: {details} "
-                         f"(it knows {''.join(run.vocab.chars)!r})")
-    scores = lm.score(args.names)
-    rows = [{"name": n, "log_likelihood": total, "per_char": total / tokens, "tokens": tokens}
-            for n, (total, tokens) in zip(args.names, scores)]
-    if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
-        return 0
-    width = max(4, *map(len, args.names))
-    print(f"{'name':<{width}}  {'log-lik':>8}  {'per char':>8}  tokens")
-    for r in rows:
-        print(f"{r['name']:<{width}}  {r['log_likelihood']:8.3f}  {r['per_char']:8.3f}  {r['tokens']:6d}")
+    if args.names:
+        bad = [n for n in args.names if run.vocab.unknown(n)]
+        if bad:
+            details = "; ".join(f"{n!r} has {''.join(run.vocab.unknown(n))!r}" for n in bad)
+            raise UsageError(f"names with characters outside the model's vocabulary: {details} "
+                             f"(it knows {''.join(run.vocab.chars)!r})")
+        names = iter(args.names)
+    elif args.file == "-":  # read as it comes: checked name by name
+        names = _known_names(_read_lines(sys.stdin.buffer, "<stdin>"), "<stdin>", run.vocab)
+    else:  # a file can be read twice: every name is checked before any is scored
+        for _ in _known_names(_read_file(args.file), args.file, run.vocab):
+            pass
+        names = (name for _, name in _read_file(args.file))
+    with _QuietOnClosedPipe():
+        sys.stdout.write("[" if args.json else f"{'log-lik':>9}  {'per char':>8}  {'tokens':>6}  name\n")
+        try:
+            for i, (name, total, tokens) in enumerate(lm.iter_scores(names)):
+                if args.json:
+                    row = {"name": name, "log_likelihood": total, "per_char": total / tokens, "tokens": tokens}
+                    sys.stdout.write(("," if i else "") + "\n  " + json.dumps(row, ensure_ascii=False))
+                else:
+                    sys.stdout.write(f"{total:9.3f}  {total / tokens:8.3f}  {tokens:6d}  {name}\n")
+        finally:
+            if args.json:
+                sys.stdout.write("\n]\n")
     return 0
+
+
+def _read_file(path):
+    """(line number, name) of each name in the file at ``path``, read line by line."""
+    from .data import DataError
+
+    try:
+        with open(path, "rb") as f:
+            yield from _read_lines(f, path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def _read_lines(stream, source):
+    """(line number, name) of each non-blank line of a binary stream (UTF-8, put in NFC form)."""
+    import unicodedata
+
+    from .data import DataError
+
+    for lineno, line in enumerate(stream, start=1):
+        try:
+            text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{source}:{lineno}: not valid UTF-8 (byte 0x{line[e.start]:02x} at "
+                            f"column {e.start + 1})") from None
+        text = unicodedata.normalize("NFC", text.strip())
+        if text:
+            yield lineno, text
+
+
+def _known_names(rows, source, vocab):
+    """The names of ``rows``, stopping at the first with characters the model does not know."""
+    for lineno, name in rows:
+        missing = vocab.unknown(name)
+        if missing:
+            raise UsageError(f"{source}:{lineno}: {name!r} has characters outside the model's "
+                             f"vocabulary: {''.join(missing)!r} (it knows {''.join(vocab.chars)!r})")
+        yield name
 
 
 def add_score_parser(sub) -> None:
     p = sub.add_parser("score", help="log-likelihood of names under a saved model",
                        description="Log-likelihood in nats of each name under the model: the total, "
                                    "and per token counting the end of the name (so it compares with "
-                                   "the loss). Any name with a character outside the vocabulary "
-                                   "stops the command (exit 2) before anything is scored.")
+                                   "the loss). Names come from the command line or, one per line, "
+                                   "from a file or standard input, and are scored and printed as they "
+                                   "are read. A name with a character outside the vocabulary stops "
+                                   "the command (exit 2); from a file, before anything is scored.")
     p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
-    p.add_argument("names", metavar="NAME", nargs="+", help="names to score")
+    p.add_argument("names", metavar="NAME", nargs="*", help="names to score")
+    p.add_argument("--file", metavar="PATH", help="read the names from this file, one per line; "
+                   "'-' reads standard input")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_score)
 
@@ -367,32 +452,41 @@ def add_score_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from .export import ExportError, export_run
+    from .config import check_positive_int
+
+    if args.version is not None:  # before TensorFlow loads
+        check_positive_int(args.version, "--version")
+    from .export import export_run
     from .runs import load_run
 
     run = load_run(args.run_dir)
-    try:
-        path = export_run(run, version=args.version)
-    except ExportError as e:
-        raise UsageError(str(e)) from None
+    path = export_run(run, version=args.version, format=args.format)
+    if args.format == "litert":
+        print(f"LiteRT model written to {path / 'model.tflite'}, its vocabulary to {path / 'model.json'}")
+        print(f"generate names with it (no TensorFlow needed): python -c \"from kmlp.litert import "
+              f"LiteRTModel, generate_names; print(generate_names(LiteRTModel('{path / 'model.tflite'}'), 5))\"")
+        return 0
     print(f"SavedModel written to {path}")
     print("signatures: serving_default (context -> next-character probabilities), generate, "
-          "generate_with_prefix, score")
+          "generate_with_prefix, generate_with_options, score")
     print(f"inspect it with: saved_model_cli show --dir {path} --all")
     return 0
 
 
 def add_export_parser(sub) -> None:
-    p = sub.add_parser("export", help="write a TensorFlow SavedModel for serving",
+    p = sub.add_parser("export", help="write a TensorFlow SavedModel for serving, or a LiteRT model",
                        description="Write the model, its vocabulary and its sampling and scoring "
                                    "functions as a SavedModel to DIR/export/<version>/, the layout "
-                                   "TensorFlow Serving loads.")
+                                   "TensorFlow Serving loads; or, with --format litert, a LiteRT "
+                                   "model (model.tflite and model.json) to DIR/litert/<version>/.")
     p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
+    p.add_argument("--format", choices=["saved_model", "litert"], default="saved_model",
+                   help="saved_model (default): for TensorFlow Serving; litert: for phones and "
+                        "embedded devices, run by the LiteRT interpreter")
     p.add_argument("--version", type=int,
                    help="version folder number (default: one more than the highest there); "
                         "an existing version is never replaced")
     p.set_defaults(func=cmd_export)
-
 
 # ---------------------------------------------------------------------------------------------
 # tune
@@ -423,7 +517,8 @@ def add_tune_parser(sub) -> None:
     p = sub.add_parser("tune", help="search hyperparameters with KerasTuner, scored on the dev split",
                        description="Train one configuration per trial for --steps steps and score it "
                                    "by its dev loss (the test split is never read); write results.csv, "
-                                   "results.md and the best configuration, best_config.json, to --out.")
+                                   "results.md, the best configuration, best_config.json, and each "
+                                   "trial's TensorBoard logs (logs/) to --out.")
     p.add_argument("--data", metavar="PATH", help="names file, one per line (default: data/names.txt)")
     p.add_argument("--seed", type=int, default=42, help="seed for the models and the search (default 42; "
                    "the split is always the one kmlp train uses by default)")
@@ -484,7 +579,7 @@ def add_lr_find_parser(sub) -> None:
                        description="Train a fresh model for --num-steps minibatches at rates rising "
                                    "exponentially from --start-lr to --end-lr (stopping if the loss "
                                    "diverges), then suggest half the rate at the floor of the loss curve. "
-                                   "Writes lr_find.csv and lr_find.png to --out.")
+                                   "Writes lr_find.csv, lr_find.png and TensorBoard logs (logs/) to --out.")
     add_model_flags(p)
     g = p.add_argument_group("range test")
     g.add_argument("--start-lr", type=float, default=1e-3, help="first rate tried (default 0.001)")
@@ -492,9 +587,40 @@ def add_lr_find_parser(sub) -> None:
     g.add_argument("--num-steps", type=int, default=1000,
                    help="minibatches, one per rate (default 1000, as in the lecture)")
     g.add_argument("--out", metavar="DIR", default="saved_models/lr_find",
-                   help="folder for lr_find.csv and lr_find.png (default: saved_models/lr_find)")
+                   help="folder for lr_find.csv, lr_find.png and logs/ (default: saved_models/lr_find)")
     g.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_lr_find)
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    return serve(args.run_dir, host=args.host, port=args.port, model_name=args.model_name,
+                 data_path=args.data)
+
+
+def add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP: TensorFlow Serving's REST API and a "
+                                     "playground page",
+                       description="Serve the run's SavedModel (exported first if it has none) with "
+                                   "TensorFlow Serving's REST API at /v1/models/NAME, and a playground "
+                                   "page at / to sample names and see the model's next-character "
+                                   "probabilities. Ctrl-C stops it.")
+    p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for "
+                        "every network interface)")
+    p.add_argument("--port", type=int, default=8501,
+                   help="TCP port (default 8501, TensorFlow Serving's REST port; 0 for any free one)")
+    p.add_argument("--model-name", default="kmlp",
+                   help="the model's name in the URLs, /v1/models/NAME (default kmlp)")
+    p.add_argument("--data", metavar="PATH",
+                   help="names file that marks train/dev/test (default: the one the model was trained on)")
+    p.set_defaults(func=cmd_serve)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "for names, built with Keras.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (add_train_parser, add_evaluate_parser, add_sample_parser, add_score_parser,
-                add_export_parser, add_tune_parser, add_lr_find_parser):
+                add_export_parser, add_tune_parser, add_lr_find_parser, add_serve_parser):
         add(sub)
     return parser
 

@@ -2,7 +2,8 @@
 
     loss.png       log10 of the training loss against the optimizer step, dev loss at each
                    evaluation, and the learning rate underneath
-    embedding.png  the character embedding table in 2-D, one labelled point per character
+    embedding.png  the character embedding table in 2-D, one labelled point per character, coloured
+                   by what the character is (vowel, consonant, digit, other, the boundary)
     lr_find.png    the learning-rate range test: loss against log10 of the rate
 
 Figures are built as ``matplotlib.figure.Figure`` objects, not through pyplot, so nothing global
@@ -11,6 +12,9 @@ Figures are built as ``matplotlib.figure.Figure`` objects, not through pyplot, s
 
 from __future__ import annotations
 
+import functools
+import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +28,6 @@ TRAIN_COLOR = "#1f77b4"
 DEV_COLOR = "#d62728"
 RATE_COLOR = "#555555"
 SUGGEST_COLOR = "#2ca02c"
-VOWELS = set("aeiouy")
-GROUP_COLORS = {"vowel": "#d62728", "consonant": "#1f77b4", "boundary": "#7f7f7f"}
 
 
 def _figure(**kwargs):
@@ -124,41 +126,152 @@ def project_2d(embeddings) -> tuple[np.ndarray, str, str]:
     return points, f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%} of variance)"
 
 
-def plot_embedding(path, embeddings, labels, title: str | None = None) -> Path:
-    """Each character's embedding as a labelled point in 2-D (see :func:`project_2d`).
+def char_class(char: str) -> str:
+    """What a character is, for colouring: "vowel", "consonant", "digit" or "other".
 
-    ``labels[i]`` names row i (``vocab.token(i)``: the boundary token is ``.``). Vowels, consonants
-    and the boundary get different colours, which makes the groups the model learned easy to see.
+    Unicode-aware: a letter is judged by its base letter, so accented vowels (é, ë, ö, å), ø, æ
+    and œ are vowels, and ç, ñ, ß consonants; Greek and Cyrillic letters are sorted the same way
+    (y, α, и, я are vowels; й is not). Any number is a digit; letters of other scripts (no vowel/consonant
+    split here), punctuation, spaces and symbols are "other".
     """
+    category = unicodedata.category(char)
+    if category.startswith("N"):
+        return "digit"
+    if not category.startswith("L"):
+        return "other"
+    base = unicodedata.normalize("NFD", char)[0] if char not in SHORT_I else "j"
+    match = _LETTER_NAME.match(unicodedata.name(base, ""))
+    if not match:
+        return "other"
+    script, letter = match.group(1), match.group(2).split()[-1]  # "DOTLESS I" -> "I"
+    return "vowel" if letter in VOWEL_LETTERS[script] else "consonant"
+
+
+_LETTER_NAME = re.compile(r"(LATIN|GREEK|CYRILLIC) (?:SMALL|CAPITAL) (?:LETTER|LIGATURE) (.+?)(?: WITH .*)?$")
+VOWEL_LETTERS = {
+    "LATIN": {"A", "E", "I", "O", "U", "Y", "AE", "OE"},
+    "GREEK": {"ALPHA", "EPSILON", "ETA", "IOTA", "OMICRON", "UPSILON", "OMEGA"},
+    "CYRILLIC": {"A", "IE", "IO", "I", "O", "U", "YERU", "E", "YU", "YA", "YI"},
+}
+SHORT_I = {"\u0439", "\u0419"}  # й, Й: a consonant, though they decompose to и plus a breve
+CLASS_COLORS = {"vowel": "#d62728", "consonant": "#1f77b4", "digit": "#2ca02c", "other": "#8c564b",
+                "boundary": "#555555"}
+
+
+def plot_embedding(path, embeddings, labels, title: str | None = None, boundary_index: int = 0) -> Path:
+    """Each character's embedding as a labelled point in 2-D (see :func:`embedding_figure`)."""
+    return save_figure(embedding_figure(embeddings, labels, title, boundary_index), path)
+
+
+def embedding_figure(embeddings, labels, title: str | None = None, boundary_index: int = 0):
+    """The figure of :func:`plot_embedding`: a dot at each character's point (see :func:`project_2d`)
+    and its label in a box coloured by :func:`char_class` (the boundary, row ``boundary_index``, in
+    grey).
+
+    Every label stays legible: it sits on its point when there is room, else at the nearest free
+    place, joined to its point by a thin line, never over another label or another point's dot.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.lines import Line2D
+
     labels = list(labels)
     points, xlabel, ylabel = project_2d(embeddings)
     if len(labels) != len(points):
         raise ValueError(f"{len(labels)} labels for {len(points)} embeddings")
-    colours = [GROUP_COLORS["boundary" if c == "." else "vowel" if c.lower() in VOWELS else "consonant"]
-               for c in labels]
-    fig = _figure(figsize=(6.4, 6.0))
+    classes = ["boundary" if i == boundary_index else char_class(c) for i, c in enumerate(labels)]
+    side = 6.4 * max(1.0, (len(labels) / 40) ** 0.5)  # room for every label as the vocabulary grows
+    fig = _figure(figsize=(side, side * 0.95), dpi=FIGURE_DPI)
+    FigureCanvasAgg(fig)  # a renderer to measure the labels with
     ax = fig.subplots()
-    for i in sorted(range(len(labels)), key=lambda i: labels[i] == "."):  # the boundary on top
-        (x, y), z = points[i], 2 + 2 * (labels[i] == ".")
-        ax.scatter([x], [y], s=260, color=colours[i], alpha=0.85, edgecolors="white",
-                   linewidths=0.8, zorder=z)
-        ax.text(x, y, labels[i], ha="center", va="center", color="white", fontsize=10,
-                fontweight="bold", zorder=z + 1)
+    ax.scatter(points[:, 0], points[:, 1], s=DOT_SIZE, c=[CLASS_COLORS[k] for k in classes], zorder=3,
+               linewidths=0)
     ax.set_aspect("equal", adjustable="datalim")  # distances in the picture are distances in the table
+    ax.margins(0.15)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     dims = np.asarray(embeddings).shape[1]
     ax.set_title(title or f"Character embeddings ({dims} dimensions"
                  f"{', first two principal components' if dims > 2 else ''})")
-    from matplotlib.lines import Line2D
-
-    legend = [Line2D([], [], marker="o", linestyle="", markersize=9, color=c,
-                     label="vowel (a e i o u y)" if name == "vowel" else name)
-              for name, c in GROUP_COLORS.items()]
-    ax.legend(handles=legend, loc="best", frameon=False, fontsize=9)
-    ax.margins(0.1)
     _tidy(ax)
-    return save_figure(fig, path)
+    shown = [k for k in CLASS_COLORS if k in classes]
+    fig.legend(handles=[Line2D([], [], marker="s", linestyle="", markersize=9, color=CLASS_COLORS[k],
+                               label=k) for k in shown],
+               loc="outside lower center", ncol=len(shown), frameon=False, fontsize=9)
+    fig.canvas.draw()  # fixes the layout, so that label boxes can be placed in pixels
+    _place_labels(ax, points, labels, [CLASS_COLORS[k] for k in classes])
+    return fig
+
+
+FIGURE_DPI = 120
+DOT_SIZE = 16  # points squared
+
+
+def _place_labels(ax, points, labels, colours) -> None:
+    """Put each label on its point, or else at the nearest spot (rings of 16 directions) where its
+    box overlaps no other box, no other point's dot and stays inside the axes."""
+    renderer = ax.figure.canvas.get_renderer()
+    pixels = ax.transData.transform(points)
+    frame = ax.get_window_extent(renderer)
+    dot = np.sqrt(DOT_SIZE) * ax.figure.dpi / 72 / 2 + 1  # dot radius in pixels, and a pixel to spare
+    placed = []
+    order = sorted(range(len(labels)), key=lambda i: -_crowding(pixels, i))  # crowded ones first
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    for i in order:
+        text = ax.text(*points[i], shown_label(labels[i]), ha="center", va="center", color="white",
+                       fontsize=10, fontweight="bold", zorder=5, in_layout=False,
+                       bbox=dict(boxstyle="round,pad=0.25", facecolor=colours[i], edgecolor="none"))
+        text.update_bbox_position_size(renderer)
+        box = text.get_bbox_patch().get_window_extent(renderer).padded(1.5)  # the coloured box
+        others = np.delete(pixels, i, axis=0)
+        step = max(box.width, box.height) * 0.5
+        rings = ([(0.0, 0.0)] if r == 0 else zip(r * np.cos(angles), r * np.sin(angles))
+                 for r in np.arange(40) * step)
+        shift = next((np.array(d) for ring in rings for d in ring
+                      if _free(box.translated(*d), placed, others, dot, frame)), np.zeros(2))
+        placed.append(box.translated(*shift))
+        at = ax.transData.inverted().transform(pixels[i] + shift)
+        text.set_position(at)
+        if shift.any():
+            ax.plot([points[i, 0], at[0]], [points[i, 1], at[1]], color=colours[i], linewidth=0.8,
+                    alpha=0.8, zorder=4)
+
+
+def shown_label(char: str) -> str:
+    """How a character is written on the plot: itself, a space as "␣", and one that would not show
+    (other blank or invisible characters, or one the plot's font lacks) as its code point, U+XXXX."""
+    if char == " ":
+        return "\u2423"
+    invisible = unicodedata.category(char)[0] in "ZC"
+    return f"U+{ord(char):04X}" if invisible or not _font_has(char) else char
+
+
+def _font_has(char: str) -> bool:
+    return all(_label_font().get_char_index(ord(c)) for c in char)
+
+
+@functools.lru_cache(maxsize=1)
+def _label_font():
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    return FT2Font(font_manager.findfont(font_manager.FontProperties(weight="bold")))
+
+
+def _crowding(pixels, i) -> float:
+    """How close the nearest other point is to point ``i`` (larger: closer)."""
+    gaps = np.linalg.norm(np.delete(pixels, i, axis=0) - pixels[i], axis=1)
+    return -gaps.min() if gaps.size else 0.0
+
+
+def _free(box, placed, dots, dot_radius, frame) -> bool:
+    """Whether ``box`` lies inside ``frame`` and clear of the ``placed`` boxes and of the ``dots``."""
+    if box.x0 < frame.x0 or box.y0 < frame.y0 or box.x1 > frame.x1 or box.y1 > frame.y1:
+        return False
+    if any(box.overlaps(other) for other in placed):
+        return False
+    gaps = np.hypot(dots[:, 0] - np.clip(dots[:, 0], box.x0, box.x1),
+                    dots[:, 1] - np.clip(dots[:, 1], box.y0, box.y1))
+    return not np.any(gaps < dot_radius)
 
 
 def plot_lr_find(path, result, title: str | None = None) -> Path:

@@ -11,10 +11,12 @@ at once, never put over files kmlp did not write, and read back with checks.
     DIR/logs/             TensorBoard logs of the training (see kmlp.logs)
     DIR/export/N/         SavedModels written by ``kmlp export`` (see kmlp.export); kept when the run
                           is trained again
+    DIR/litert/N/         LiteRT models written by ``kmlp export --format litert``; kept likewise
 
 Beside DIR, while a process works on it: ``.DIR.lock`` (who holds the run), ``.DIR.backup/`` (the
-last completed epoch of a training and its TensorBoard logs so far, see :mod:`kmlp.backup`) and ``.DIR.partial-*`` (a run being
-written). Files and folders are created with the permissions the user's umask gives.
+last completed epoch of a training and its TensorBoard logs so far, see :mod:`kmlp.backup`) and
+``.DIR.partial-*`` (a run being written). Files and folders are created with the permissions the
+user's umask gives.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ EVALUATIONS_FILE = "evaluations.json"
 HISTORY_FILE = "history.csv"
 EXPORT_DIR = "export"
 LOGS_DIR = "logs"
+LITERT_DIR = "litert"
 # Everything kmlp writes into a run directory; anything else there is the user's and is never replaced.
 RUN_ENTRIES = frozenset({MODEL_FILE, CONFIG_FILE, METRICS_FILE, EVALUATIONS_FILE, HISTORY_FILE,
-                         "loss.png", "embedding.png", EXPORT_DIR, LOGS_DIR})
-# What outlives training the run again: exported versions may be in use by a server.
-KEPT_ON_RETRAINING = (EXPORT_DIR,)
+                         "loss.png", "embedding.png", EXPORT_DIR, LITERT_DIR, LOGS_DIR})
+# What outlives training the run again: exported versions may be in use by a server or an app.
+KEPT_ON_RETRAINING = (EXPORT_DIR, LITERT_DIR)
 
 
 class RunError(ValueError):
@@ -75,6 +78,22 @@ class Run:
         """The names file the model was trained on, as recorded (absolute for runs written now)."""
         data = self.info.get("data")
         return Path(data) if data else None
+
+    def splits(self, data_path=None) -> tuple[dict | None, str | None]:
+        """``(words, None)``: the train/dev/test names of ``data_path`` (default: the file the model
+        was trained on) as this run splits them; or ``(None, why not)`` when the run's own file cannot
+        be read. A ``data_path`` asked for explicitly that cannot be read raises its DataError."""
+        from .data import DataError, NamesData
+
+        path = data_path or self.data_path
+        if not path:
+            return None, f"{self.path / CONFIG_FILE} names no data file; pass --data PATH"
+        try:
+            return NamesData.for_config(path, self.config, vocab=self.vocab).words, None
+        except DataError as e:
+            if data_path:
+                raise
+            return None, f"the run was trained on {path}, which cannot be read now ({e}); pass --data PATH"
 
 
 # ---------------------------------------------------------------------------------------------

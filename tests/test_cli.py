@@ -141,7 +141,10 @@ def test_a_fresh_process_reports_mistakes_before_loading_tensorflow_and_shows_no
         print(json.dumps({"results": results, "tensorflow": "tensorflow" in sys.modules}))
     """)
     mistakes = [["train", "--data", str(tiny_names_file), "--steps", "0"], ["tune", "--max-minutes", "inf"],
-                ["lr-find", "--end-lr", "0"], ["train", "--out", str(tiny_names_file)], ["evaluate"]]
+                ["lr-find", "--end-lr", "0"], ["train", "--out", str(tiny_names_file)], ["evaluate"],
+                ["sample", "run", "--top-p", "2"], ["sample", "run", "--seed", "1180591620717411303424"],
+                ["sample", "run", "--temperature", "inf"], ["score", "run"], ["export", "run", "--version", "0"],
+                ["serve", "run", "--port", "70000"]]
     done = subprocess.run([sys.executable, "-c", script, json.dumps(mistakes)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     report = json.loads(done.stdout)

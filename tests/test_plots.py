@@ -6,7 +6,8 @@ import pytest
 
 from kmlp.config import Config
 from kmlp.lr_find import LRFindResult
-from kmlp.plots import plot_embedding, plot_loss, plot_lr_find, project_2d
+from kmlp.plots import (CLASS_COLORS, char_class, embedding_figure, plot_embedding, plot_loss, plot_lr_find,
+                        project_2d, save_figure, shown_label)
 from kmlp.train import train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -51,6 +52,63 @@ def test_pca_keeps_the_geometry_of_a_table_lying_in_a_plane(tmp_path):
     assert_png(plot_embedding(tmp_path / "embedding.png", table, list(".abcdefghijklmnopqrstuvwxyz")))
     with pytest.raises(ValueError, match="labels"):
         plot_embedding(tmp_path / "bad.png", table, ["a", "b"])
+
+
+@pytest.mark.parametrize("chars, kind", [
+    ("aeiouyAEY", "vowel"), ("éëöøåæœÅÉıαέияё", "vowel"), ("bcdxzßçñŁþβσςдй", "consonant"),
+    ("0379٣²", "digit"), ("-' .·_!", "other"), ("中あ", "other")])
+def test_characters_are_classed_by_what_they_are(chars, kind):
+    assert {c: char_class(c) for c in chars} == dict.fromkeys(chars, kind)
+
+
+def label_boxes(fig):
+    """Pixel boxes of the drawn labels, by label text, and the pixel centres of the points."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    boxes = {t.get_text(): t.get_bbox_patch().get_window_extent(renderer) for t in ax.texts}
+    dots = ax.transData.transform(ax.collections[0].get_offsets())
+    return boxes, dots, ax.get_window_extent(renderer)
+
+
+@pytest.mark.parametrize("case", ["lecture-like", "crowded", "many characters"])
+def test_every_embedding_label_is_legible_on_the_rendered_figure(tmp_path, case):
+    rng = np.random.default_rng(3)
+    labels = list(".abcdefghijklmnopqrstuvwxyz")
+    if case == "many characters":
+        labels += list("éëöøåæœçñß0123456789-' αβиядä中") + ["\u200b"]
+    table = rng.normal(size=(len(labels), 10))
+    if case != "lecture-like":
+        table[1:12] = table[1]          # eleven characters on one spot
+        table[12] = table[1] + 1e-3     # and one a hair away from them
+    fig = embedding_figure(table, labels)
+    assert_png(save_figure(fig, tmp_path / "embedding.png"))
+    boxes, dots, frame = label_boxes(fig)
+    shown = [shown_label(c) for c in labels]
+    assert sorted(boxes) == sorted(shown)  # one label per character, none lost
+    assert "␣" in boxes or case != "many characters"
+    assert "U+200B" in boxes or case != "many characters"
+    for i, text in enumerate(shown):
+        box = boxes[text]
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        for other, other_box in boxes.items():
+            if other != text:
+                assert not box.overlaps(other_box), (text, other)
+        for j, (x, y) in enumerate(dots):
+            if j != i:
+                assert not box.contains(x, y), (text, labels[j])
+
+
+def test_embedding_labels_are_coloured_by_class(tmp_path):
+    labels = list(".aé3-b")
+    fig = embedding_figure(np.random.default_rng(0).normal(size=(6, 4)), labels)
+    colours = {t.get_text(): t.get_bbox_patch().get_facecolor() for t in fig.axes[0].texts}
+    from matplotlib.colors import to_rgba
+
+    expected = {".": "boundary", "a": "vowel", "é": "vowel", "3": "digit", "-": "other", "b": "consonant"}
+    assert colours == {c: to_rgba(CLASS_COLORS[k]) for c, k in expected.items()}
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["vowel", "consonant", "digit", "other", "boundary"]
 
 
 def test_lr_find_plot_is_a_valid_png(tmp_path):
