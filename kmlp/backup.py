@@ -5,10 +5,13 @@
         latest.weights.h5 + training_metadata.json (+ *.bkp)   Keras's BackupAndRestore
         history.csv                   one row per completed epoch (dev loss, rate, seconds so far)
         curve.csv                     the training curve so far (step, loss, lr)
+        logs/                         TensorBoard logs so far (see kmlp.logs): watch a live run with
+                                      tensorboard --logdir saved_models
 
 After every epoch, Keras's ``BackupAndRestore`` saves the model and optimizer; if the process dies,
 the same training with ``resume=True`` continues from the last completed epoch, with the same
-minibatches, its history, curve and training time. The backup is deleted once the run is saved.
+minibatches, its history, curve, logs and training time. The backup is deleted once the run is
+saved, its logs linked into the run first.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import keras
 
-from . import runs
+from . import logs, runs
 from .callbacks import ElapsedTime, LossCurve
 from .data import NamesData, file_sha256
 
@@ -54,6 +57,7 @@ class Backup:
         self.path = backup_dir(out_dir, worker)
         self.history = self.path / runs.HISTORY_FILE
         self.curve = self.path / CURVE_FILE
+        self.logs = self.path / runs.LOGS_DIR
 
     def start(self, resume: bool, expected: dict, log=print) -> int:
         """The epoch training starts at: 0, or with ``resume`` the last one the backup completed.
@@ -97,6 +101,7 @@ class Backup:
             rows = self.curve.read_text(encoding="utf-8").splitlines(keepends=True)
             kept = rows[:1] + [r for r in rows[1:] if int(r.split(",", 1)[0]) <= step]
             self.curve.write_text("".join(kept), encoding="utf-8")
+        logs.trim(self.logs, step)
 
     def go_back(self, epoch: int, step: int) -> bool:
         """Put back the epoch before the last one, if it is ``epoch`` (ending at optimizer step

@@ -1,5 +1,6 @@
 """Keras callbacks for the learning rate: schedules counted in optimizer steps, a training-curve
-recorder, Leslie Smith's learning-rate range test, a timer and a progress line.
+recorder, Keras's TensorBoard callback counting optimizer steps, Leslie Smith's learning-rate range
+test, a timer and a progress line.
 
 All of them work with any compiled Keras model and any Keras optimizer whose learning rate is a
 plain number (not a ``LearningRateSchedule``). They count optimizer steps with ``optimizer.iterations``
@@ -21,15 +22,16 @@ import keras
 import numpy as np
 
 from .config import check_positive_number, check_range_test
+from .runs import atomic_open
 
 
 def _rate_of(optimizer) -> float:
     """The optimizer's learning rate as a Python float (exactly its float32 value)."""
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    return float(optimizer.learning_rate.numpy())  # (a third of keras.ops.convert_to_numpy's cost)
 
 
 def _step_of(optimizer) -> int:
-    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+    return int(optimizer.iterations.numpy())
 
 
 def _positive(name: str, value) -> float:
@@ -140,6 +142,32 @@ class CosineDecay(_RateSchedule):
         return self.initial_lr * (self.alpha + (1.0 - self.alpha) * cosine)
 
 
+class _BatchMeans:
+    """Each batch's own mean of the values ``fit`` logs, recovered from the running means of the
+    epoch that Keras reports after every batch, each batch weighted by its optimizer steps (exact up
+    to float32 rounding, well under 0.01 for this model's losses).
+
+    >>> means = _BatchMeans()
+    >>> means.start(step)                  # at the start of each epoch
+    >>> means.add(step, logs)              # after each batch: {"loss": that batch's mean, ...}
+    """
+
+    def start(self, step: int) -> None:
+        self._start, self._count, self._means = step, 0, {}
+
+    def add(self, step: int, logs) -> dict:
+        """The batch that ended at optimizer ``step``: its mean of every value in ``logs`` (empty if
+        it ran no step)."""
+        count = step - self._start
+        if not logs or count <= self._count:
+            return {}
+        means = {name: float(value) for name, value in logs.items()}
+        batch = {name: (mean * count - self._means.get(name, 0.0) * self._count) / (count - self._count)
+                 for name, mean in means.items()}
+        self._means, self._count = means, count
+        return batch
+
+
 class LossCurve(keras.callbacks.Callback):
     """Records the training curve at the finest grain ``fit`` reports: one point per batch.
 
@@ -154,9 +182,9 @@ class LossCurve(keras.callbacks.Callback):
     every epoch, and the points already in it are read back when training begins, so that a run
     resumed after an interruption has its whole curve.
 
-    Keras logs the running mean of the epoch so far, so each batch's own mean is recovered from two
-    successive running means (exact up to float32 rounding, well under 0.01 for this model's losses).
-    Put it after the schedule callbacks, so that it reads the rate they set for the batch.
+    Keras logs the running mean of the epoch so far; each batch's own mean is recovered from two
+    successive running means (:class:`_BatchMeans`). Put it after the schedule callbacks, so that it
+    reads the rate they set for the batch.
     """
 
     COLUMNS = ("step", "loss", "lr")
@@ -164,6 +192,7 @@ class LossCurve(keras.callbacks.Callback):
     def __init__(self, path=None):
         super().__init__()
         self.path = path
+        self._batches = _BatchMeans()
 
     def on_train_begin(self, logs=None):
         self.steps, self.losses, self.rates = [], [], []
@@ -176,23 +205,18 @@ class LossCurve(keras.callbacks.Callback):
         self._saved = len(self.steps)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = _step_of(self.model.optimizer)
-        self._mean, self._count = 0.0, 0
+        self._batches.start(_step_of(self.model.optimizer))
 
     def on_train_batch_begin(self, batch, logs=None):
         self._rate = _rate_of(self.model.optimizer)
 
     def on_train_batch_end(self, batch, logs=None):
-        if not logs or "loss" not in logs:
-            return
         step = _step_of(self.model.optimizer)
-        count = step - self._epoch_start
-        mean = float(logs["loss"])
-        if count > self._count:
+        means = self._batches.add(step, {"loss": logs["loss"]} if logs and "loss" in logs else None)
+        if means:
             self.steps.append(step)
-            self.losses.append((mean * count - self._mean * self._count) / (count - self._count))
+            self.losses.append(means["loss"])
             self.rates.append(self._rate)
-        self._mean, self._count = mean, count
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.path:
@@ -205,6 +229,161 @@ class LossCurve(keras.callbacks.Callback):
             for i in range(self._saved, len(self.steps)):
                 writer.writerow([self.steps[i], repr(self.losses[i]), repr(self.rates[i])])
         self._saved = len(self.steps)
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """``keras.callbacks.TensorBoard`` with every point at its optimizer step, and embeddings that
+    TensorBoard's projector can open.
+
+    >>> board = TensorBoard("logs", update_freq="batch", embeddings_freq=1,
+    ...                     embeddings_metadata=[".", "a", "b", ...])
+    >>> model.fit(train, steps_per_epoch=100, epochs=10, validation_data=dev, callbacks=[board])
+    $ tensorboard --logdir logs
+
+    It writes what Keras's callback writes, in the same places (``logs/train``, ``logs/validation``)
+    and under the same tags, where Keras 3's falls short:
+
+    - **Steps.** Keras counts batches, and epochs for the epoch points; when one batch runs K
+      optimizer steps (a :class:`~kmlp.model.CharMLP` chunk) neither is the step. Here every point is
+      at ``optimizer.iterations``, so runs of different epoch lengths or chunk sizes share one axis,
+      and a resumed ``fit`` goes on from the step it resumes at. With ``update_freq`` "batch" (or
+      N: every N batches; Keras's default, "epoch", writes none) come ``batch_loss``, the batch's own
+      mean loss (Keras writes the epoch's running mean), and ``batch_learning_rate``, the rate it
+      ran at. After each epoch come ``epoch_loss`` (in ``train`` and, with validation data,
+      ``validation``) and ``epoch_learning_rate``: the rate the last batch ran at (a
+      ``ReduceLROnPlateau`` cut made at the epoch's end shows from the next batch on). Put it after
+      the callbacks that set the rate.
+    - **Embeddings.** Keras 3 saves them as ``.weights.h5``, which the projector cannot read, with
+      its configuration outside the ``train`` folder, where ``tensorboard --logdir`` of a parent
+      folder does not look. Here each ``Embedding`` layer's table is written every
+      ``embeddings_freq`` epochs and when training ends to ``train/<layer name>.tsv``, the
+      projector's own format for a table without a checkpoint (far cheaper to write than a first
+      checkpoint for a table of characters; not meant for tables of millions of values), with
+      ``projector_config.pbtxt`` beside it once there is a table to show.
+      ``embeddings_metadata`` is as in Keras (a labels file, or a dict of layer name to file,
+      relative to ``train``) or a list with one label per row, written to ``train/metadata.tsv``.
+    - **Flushing.** The event files are flushed after every epoch, so TensorBoard shows a live run
+      up to its last epoch, and a process killed after an epoch has lost none of it.
+    """
+
+    LABELS_FILE = "metadata.tsv"
+
+    def __init__(self, log_dir="logs", *args, update_freq="epoch", **kwargs):
+        if update_freq != "epoch" and update_freq != "batch" and not (
+                isinstance(update_freq, int) and not isinstance(update_freq, bool) and update_freq > 0):
+            raise ValueError(f"update_freq must be 'batch', 'epoch' or a positive integer, "
+                             f"got {update_freq!r}")
+        super().__init__(str(log_dir), *args, update_freq="epoch", **kwargs)  # batch points are written here
+        self.batch_freq = 0 if update_freq == "epoch" else 1 if update_freq == "batch" else update_freq
+        self._batches = _BatchMeans()
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._batch_count, self._rate = 0, None
+        self._batch_points = []  # (step, {tag: value}) of the batches since the last epoch's end
+        self._embeddings_step = None
+
+    def on_train_end(self, logs=None):
+        self.write_scalars(self._train_writer, self._batch_points)  # of an epoch cut short, if any
+        step = _step_of(self.model.optimizer)
+        if self.embeddings_freq and self._embeddings_step != step:  # the table as training left it
+            self._log_embeddings(step)
+        super().on_train_end(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._batches.start(_step_of(self.model.optimizer))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._should_trace:  # Keras's profiling; its batch points are off, and cost a summary op each
+            super().on_train_batch_begin(batch, logs)
+        self._rate = _rate_of(self.model.optimizer)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._should_trace:
+            super().on_train_batch_end(batch, logs)
+        step = _step_of(self.model.optimizer)
+        means = self._batches.add(step, logs)
+        self._batch_count += 1
+        if means and self.batch_freq and not self._batch_count % self.batch_freq:
+            points = {**means, "learning_rate": self._rate}
+            self._batch_points.append((step, {f"batch_{name}": v for name, v in points.items()}))
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = _step_of(self.model.optimizer)
+        self.write_scalars(self._train_writer, self._batch_points)
+        self._batch_points = []
+        # "lr" is the rate kmlp's schedules add for history.csv; TensorBoard gets it as learning_rate.
+        logs = {name: value for name, value in (logs or {}).items() if name != "lr"}
+        train = {f"epoch_{name}": v for name, v in logs.items() if not name.startswith("val_")}
+        train["epoch_learning_rate"] = _rate_of(self.model.optimizer) if self._rate is None else self._rate
+        if self.write_steps_per_second:
+            train["epoch_steps_per_second"] = self._compute_steps_per_second()
+        self.write_scalars(self._train_writer, [(step, train)])
+        validation = {f"epoch_{name[4:]}": v for name, v in logs.items() if name.startswith("val_")}
+        if validation:
+            self.write_scalars(self._val_writer, [(step, validation)])
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            self._log_weights(step)
+        if self.embeddings_freq and epoch % self.embeddings_freq == 0:
+            self._log_embeddings(step)
+        for writer in self._writers.values():
+            writer.flush()
+
+    @staticmethod
+    def write_scalars(writer, points) -> None:
+        """Write ``[(step, {tag: value}), ...]`` with ``writer`` (a ``tf.summary`` writer), one
+        summary op per step where ``tf.summary.scalar`` runs several eager ops per value: this
+        callback's largest cost, next to a small model's compiled call. (Batch points wait for the
+        epoch's end, so that the writer is entered once for all of them.)"""
+        import tensorflow as tf
+        from tensorboard.plugins.scalar.summary import scalar_pb
+
+        if not points:
+            return
+        with writer.as_default():
+            for step, scalars in points:
+                summary = scalar_pb(*next(iter(scalars.items())))
+                for tag, value in list(scalars.items())[1:]:
+                    summary.value.extend(scalar_pb(tag, value).value)
+                tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
+
+    def _embedding_layers(self) -> list:
+        return [layer for layer in self.model.layers if isinstance(layer, keras.layers.Embedding)]
+
+    def _configure_embeddings(self):
+        from tensorboard.plugins import projector
+
+        metadata = self.embeddings_metadata
+        if isinstance(metadata, (list, tuple)):
+            for layer in self._embedding_layers():
+                if len(metadata) != layer.input_dim:
+                    raise ValueError(f"embeddings_metadata has {len(metadata)} labels, layer "
+                                     f"{layer.name!r} has {layer.input_dim} rows")
+                if any(set(str(label)) & set("\t\n\r") for label in metadata):
+                    raise ValueError("embeddings_metadata labels may not hold tabs or line breaks")
+            with atomic_open(os.path.join(self._train_dir, self.LABELS_FILE)) as f:
+                f.write("".join(f"{label}\n" for label in metadata))
+            metadata = self.LABELS_FILE
+        self._projector = projector.ProjectorConfig()
+        for layer in self._embedding_layers():
+            embedding = self._projector.embeddings.add()
+            embedding.tensor_name, embedding.tensor_path = layer.name, f"{layer.name}.tsv"
+            if isinstance(metadata, str):
+                embedding.metadata_path = metadata
+            elif isinstance(metadata, dict) and layer.name in metadata:
+                embedding.metadata_path = metadata[layer.name]
+
+    def _log_embeddings(self, step):
+        from google.protobuf import text_format
+        from tensorboard.plugins.projector.metadata import PROJECTOR_FILENAME
+
+        for layer in self._embedding_layers():  # each file written whole: TensorBoard may be reading it
+            with atomic_open(os.path.join(self._train_dir, f"{layer.name}.tsv")) as f:
+                np.savetxt(f, keras.ops.convert_to_numpy(layer.embeddings), fmt="%.9g", delimiter="\t")
+        with atomic_open(os.path.join(self._train_dir, PROJECTOR_FILENAME)) as f:
+            f.write(text_format.MessageToString(self._projector))  # what projector.visualize_embeddings writes
+        self._embeddings_step = step
 
 
 class ElapsedTime(keras.callbacks.Callback):

@@ -560,7 +560,8 @@ def add_tune_parser(sub) -> None:
     p = sub.add_parser("tune", help="search hyperparameters with KerasTuner, scored on the dev split",
                        description="Train one configuration per trial for --steps steps and score it "
                                    "by its dev loss (the test split is never read); write results.csv, "
-                                   "results.md and the best configuration, best_config.json, to --out.")
+                                   "results.md, the best configuration, best_config.json, and each "
+                                   "trial's TensorBoard logs (logs/) to --out.")
     p.add_argument("--data", metavar="PATH", help="names file, one per line (default: data/names.txt)")
     p.add_argument("--seed", type=int, default=42, help="seed for the models and the search (default 42; "
                    "the split is always the one kmlp train uses by default)")
@@ -591,7 +592,7 @@ def cmd_lr_find(args) -> int:
 
     config = config_from_args(args)
     check_range_test(args.start_lr, args.end_lr, args.num_steps)
-    check_out_dir(args.out, own_entries={"lr_find.csv", "lr_find.png"}, is_own=lambda path: True,
+    check_out_dir(args.out, own_entries={"lr_find.csv", "lr_find.png", "logs"}, is_own=lambda path: True,
                   what="range test results")
     data = NamesData.for_config(args.data, config)
     from .lr_find import range_test
@@ -621,7 +622,7 @@ def add_lr_find_parser(sub) -> None:
                        description="Train a fresh model for --num-steps minibatches at rates rising "
                                    "exponentially from --start-lr to --end-lr (stopping if the loss "
                                    "diverges), then suggest half the rate at the floor of the loss curve. "
-                                   "Writes lr_find.csv and lr_find.png to --out.")
+                                   "Writes lr_find.csv, lr_find.png and TensorBoard logs (logs/) to --out.")
     add_model_flags(p)
     g = p.add_argument_group("range test")
     g.add_argument("--start-lr", type=float, default=1e-3, help="first rate tried (default 0.001)")
@@ -629,7 +630,7 @@ def add_lr_find_parser(sub) -> None:
     g.add_argument("--num-steps", type=int, default=1000,
                    help="minibatches, one per rate (default 1000, as in the lecture)")
     g.add_argument("--out", metavar="DIR", default="saved_models/lr_find",
-                   help="folder for lr_find.csv and lr_find.png (default: saved_models/lr_find)")
+                   help="folder for lr_find.csv, lr_find.png and logs/ (default: saved_models/lr_find)")
     g.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_lr_find)
 

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from .callbacks import LRFinder
-from .runs import write_text
+from .runs import LOGS_DIR, write_text
 
 CSV_FILE = "lr_find.csv"
 PLOT_FILE = "lr_find.png"
+OUT_ENTRIES = frozenset({CSV_FILE, PLOT_FILE, LOGS_DIR})  # what a test writes into its folder
 
 
 @dataclass
@@ -135,19 +136,20 @@ def lr_find(model, dataset, start_lr: float = 1e-3, end_lr: float = 1.0, num_ste
 def range_test(config, data, start_lr: float = 1e-3, end_lr: float = 1.0, num_steps: int = 1000,
                out_dir="saved_models/lr_find") -> tuple[LRFindResult, Path, Path]:
     """The range test on a fresh model of ``config`` (on its :class:`~kmlp.data.NamesData`), with
-    the curve written to ``out_dir`` as lr_find.csv and lr_find.png: ``(result, csv, png)``.
+    the curve written to ``out_dir`` as lr_find.csv, lr_find.png and TensorBoard logs (``logs/``,
+    see :func:`kmlp.logs.write_range_test`): ``(result, csv, png)``.
 
     ``out_dir`` may be new, empty or hold an earlier test's files; anything else is refused before
     any work. A test whose loss diverged before it fell raises :class:`kmlp.config.ConfigError`
     (there is nothing to read a rate from) and writes nothing.
     """
-    from . import runs
+    from . import logs, runs
     from .config import ConfigError
     from .plots import plot_lr_find
     from .train import prepare
 
     finder = LRFinder(start_lr, end_lr, num_steps)  # checks the range before any work
-    out_dir = runs.check_out_dir(out_dir, own_entries={CSV_FILE, PLOT_FILE}, is_own=lambda path: True,
+    out_dir = runs.check_out_dir(out_dir, own_entries=OUT_ENTRIES, is_own=lambda path: True,
                                  what="range test results")
     with runs.RunLock(out_dir):
         setup = prepare(config, data, log=lambda *_: None)
@@ -163,4 +165,5 @@ def range_test(config, data, start_lr: float = 1e-3, end_lr: float = 1.0, num_st
         plot_path = plot_lr_find(out_dir / PLOT_FILE, result, title=(
             f"Learning-rate range test: {setup.config.optimizer}, batch {setup.config.batch_size}, "
             f"{setup.model.count_params():,} parameters"))
+        logs.write_range_test(out_dir / LOGS_DIR, result, setup.config.to_dict())
     return result, csv_path, plot_path

@@ -8,12 +8,13 @@ at once, never put over files kmlp did not write, and read back with checks.
     DIR/history.csv       one row per evaluation during training
     DIR/loss.png          the training curve (log10 loss against step, dev loss marked)
     DIR/embedding.png     the character embeddings in two dimensions
+    DIR/logs/             TensorBoard logs of the training (see kmlp.logs)
     DIR/export/N/         SavedModels written by ``kmlp export`` (see kmlp.export); kept when the run
                           is trained again
     DIR/litert/N/         LiteRT models written by ``kmlp export --format litert``; kept likewise
 
 Beside DIR, while a process works on it: ``.DIR.lock`` (who holds the run), ``.DIR.backup/`` (the
-last completed epoch of a training, see :mod:`kmlp.backup`) and ``.DIR.partial-*`` (a run being
+last completed epoch of a training and its TensorBoard logs so far, see :mod:`kmlp.backup`) and ``.DIR.partial-*`` (a run being
 written); a worker of a multi-worker training other than the chief, which never writes DIR, keeps
 its own ``.DIR.worker-1.lock`` and ``.DIR.worker-1.backup/`` (see :func:`beside`). Files and
 folders are created with the permissions the user's umask gives.
@@ -44,10 +45,11 @@ METRICS_FILE = "metrics.json"
 EVALUATIONS_FILE = "evaluations.json"
 HISTORY_FILE = "history.csv"
 EXPORT_DIR = "export"
+LOGS_DIR = "logs"
 LITERT_DIR = "litert"
 # Everything kmlp writes into a run directory; anything else there is the user's and is never replaced.
 RUN_ENTRIES = frozenset({MODEL_FILE, CONFIG_FILE, METRICS_FILE, EVALUATIONS_FILE, HISTORY_FILE,
-                         "loss.png", "embedding.png", EXPORT_DIR, LITERT_DIR})
+                         "loss.png", "embedding.png", EXPORT_DIR, LITERT_DIR, LOGS_DIR})
 # What outlives training the run again: exported versions may be in use by a server or an app.
 KEPT_ON_RETRAINING = (EXPORT_DIR, LITERT_DIR)
 
@@ -260,13 +262,14 @@ def publish(staging: Path, out_dir: Path) -> Path:
         return out_dir
     for name in KEPT_ON_RETRAINING:
         if (out_dir / name).exists():
-            shutil.copytree(out_dir / name, staging / name, copy_function=_link_or_copy)
+            shutil.copytree(out_dir / name, staging / name, copy_function=link_or_copy)
     _exchange(staging, out_dir)
     shutil.rmtree(staging, ignore_errors=True)  # it holds the old run now
     return out_dir
 
 
-def _link_or_copy(src, dst):
+def link_or_copy(src, dst):
+    """Hard-link ``src`` to ``dst``, or copy it where the file system cannot."""
     try:
         os.link(src, dst)
     except OSError:

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from . import backup as backups
-from . import distributed, plots, runs
+from . import distributed, logs, plots, runs
 from .callbacks import (CosineDecay, LossCurve, Progress, StepDecay, StepTimer, restore_training_state,
                         training_state)
 from .config import Config, ConfigError
@@ -305,7 +305,8 @@ def measure_cost(setup: Setup, started: float, preset_name: str | None = None,
             curve, _, run_callbacks = backup.callbacks(0)
             calls = epochs = StepTimer()
             began = time.perf_counter()
-            replace(setup, plan=Plan(10 * first_chunk, first_chunk, 2, 5)).fit([*run_callbacks, epochs])
+            board = logs.tensorboard(backup.logs, setup.data.vocab, 5)  # a run's logs cost time too
+            replace(setup, plan=Plan(10 * first_chunk, first_chunk, 2, 5)).fit([board, *run_callbacks, epochs])
             timed = epochs.first_call + epochs.seconds + sum(epochs.epoch_starts) + sum(epochs.epoch_ends)
             startup = time.perf_counter() - began - timed  # what fit does besides calls and epochs
             if chunk * epochs.seconds_per_step > rate_seconds:
@@ -480,10 +481,16 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         start_epoch = distributed.agree_on_start(setup.strategy, backup, backup.start(resume, expected, log),
                                                  expected, log)
         curve, clock, backup_callbacks = backup.callbacks(start_epoch)
+        # Before the backup's callbacks: an epoch's logs are on disk before the backup records the epoch.
+        board = logs.tensorboard(backup.logs, data.vocab, setup.plan.epochs)
+        if not start_epoch:
+            logs.write_config(backup.logs / logs.TRAIN, {"preset": preset_name, "data": _data_location(data),
+                                                         **setup.config.to_dict()})
+        log(logs.watch_hint(backup.logs, out_dir))
         progress = [Progress(setup.plan.steps, earlier=clock.earlier)] if verbose else []
         fit_started = time.perf_counter()
         try:
-            history = setup.fit([keras.callbacks.TerminateOnNaN(), *backup_callbacks, *progress, *callbacks],
+            history = setup.fit([keras.callbacks.TerminateOnNaN(), board, *backup_callbacks, *progress, *callbacks],
                                 start_epoch=start_epoch)
         except KeyboardInterrupt:
             log(f"interrupted; the same command with --resume continues from the last completed "
@@ -560,6 +567,7 @@ def _save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_
     staging = runs.staging_dir(out_dir)
     try:
         shutil.copyfile(backup.history, staging / runs.HISTORY_FILE)
+        logs.copy(backup.logs, staging / runs.LOGS_DIR)
         setup.model.save(staging / runs.MODEL_FILE)
         plots.plot_training(staging, setup.model, data.vocab, curve, staging / runs.HISTORY_FILE,
                             setup.plan.steps_per_epoch,
@@ -567,7 +575,7 @@ def _save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_
         runs.write_json(staging / runs.CONFIG_FILE, {
             "config": setup.config.to_dict(),
             "vocab": data.vocab.to_json(),
-            "data": str(Path(data.path).absolute()) if data.path else None,
+            "data": _data_location(data),
             "data_sha256": file_sha256(data.path) if data.path else None,
             "preset": preset_name,
         })
@@ -576,6 +584,10 @@ def _save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _data_location(data: NamesData) -> str | None:
+    return str(Path(data.path).absolute()) if data.path else None
 
 
 @dataclass

@@ -19,6 +19,8 @@ cores), which suits the larger models of the space; ``kmlp train`` picks one thr
     best_config.json            the best configuration so far, with the full ``--steps`` (Hyperband's
                                 shorter trials included), for ``kmlp train --config FILE``
     tuner/                      KerasTuner's own record of the trials
+    logs/TRIAL/execution0/      each trial's TensorBoard logs (see kmlp.logs), with its hyperparameters
+                                and dev loss for TensorBoard's HParams tab: tensorboard --logdir tuning/logs
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import csv
 import io
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +39,10 @@ import keras
 import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 
-from . import runs
+from . import logs, runs
 from .config import Config, check_search
 from .data import NamesData
-from .train import EVAL_BATCH, evaluate_loss, prepare
+from .train import EVAL_BATCH, evaluate_loss, plan_training, prepare
 
 # With schedule "step" the rate is cut by DECAY_FACTOR at these fractions of a trial's steps.
 DECAY_FRACTIONS = (0.6, 0.85)
@@ -52,7 +55,7 @@ HYPERBAND_FACTOR = 3
 SCORE_COLUMNS = ("steps", "trial", "params", "train_loss", "dev_loss", "seconds", "status")
 BEST_CONFIG = "best_config.json"
 # What a search writes into its folder (tuner/ is KerasTuner's own record, rewritten each search).
-OUT_ENTRIES = frozenset({"results.csv", "results.md", BEST_CONFIG, "tuner"})
+OUT_ENTRIES = frozenset({"results.csv", "results.md", BEST_CONFIG, "tuner", runs.LOGS_DIR})
 
 
 def declare_space(hp: keras_tuner.HyperParameters) -> keras_tuner.HyperParameters:
@@ -108,12 +111,18 @@ class Deadline(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def fit_and_score(config: Config, data: NamesData, deadline: float = math.inf) -> dict:
-    """Train ``config`` on ``data``'s train split and measure it: what one trial does."""
+def fit_and_score(config: Config, data: NamesData, deadline: float = math.inf, callbacks=(),
+                  log_dir=None) -> dict:
+    """Train ``config`` on ``data``'s train split and measure it: what one trial does.
+
+    ``callbacks`` are more for ``fit``; with ``log_dir``, where a TensorBoard callback among them
+    writes, the dev loss is logged there too once measured (``epoch_loss`` in ``validation``, at the
+    last step: a trial does not validate while it trains).
+    """
     setup = prepare(config, data, choose_threads=False, log=lambda *_: None)
     stop = Deadline(deadline)
     started = time.perf_counter()
-    setup.fit([keras.callbacks.TerminateOnNaN(), stop], validate=False)
+    setup.fit([keras.callbacks.TerminateOnNaN(), stop, *callbacks], validate=False)
     seconds = time.perf_counter() - started
     steps = int(setup.model.optimizer.iterations)
     dev_loss = evaluate_loss(setup.model, data.dataset("dev", EVAL_BATCH))
@@ -124,6 +133,8 @@ def fit_and_score(config: Config, data: NamesData, deadline: float = math.inf) -
         status = f"diverged at step {steps:,}"
     else:
         status = "ok"
+    if log_dir:
+        logs.write_scalars(Path(log_dir) / logs.VALIDATION, steps, epoch_loss=dev_loss)
     return {"params": int(setup.model.count_params()), "train_loss": train_loss, "dev_loss": dev_loss,
             "seconds": round(seconds, 1), "status": status}
 
@@ -138,10 +149,10 @@ class NamesTuner(keras_tuner.Tuner):
     """
 
     def __init__(self, oracle, data_path, steps: int, seed: int, deadline: float, on_result=None,
-                 log=print, **kwargs):
+                 log=print, logs_dir=None, **kwargs):
         super().__init__(oracle=oracle, **kwargs)
         self.data_path, self.steps, self.seed, self.deadline = data_path, steps, seed, deadline
-        self.on_result, self.log = on_result, log
+        self.on_result, self.log, self.logs_dir = on_result, log, logs_dir
         self._data: dict[int, NamesData] = {}
 
     def data_for(self, block_size: int) -> NamesData:
@@ -155,7 +166,15 @@ class NamesTuner(keras_tuner.Tuner):
         if "tuner/epochs" in values:  # Hyperband's budget for this trial
             steps = max(1, round(self.steps * values["tuner/epochs"] / HYPERBAND_UNITS))
         config = config_for(values, steps, self.seed)
-        result = fit_and_score(config, self.data_for(config.block_size), deadline=self.deadline)
+        data = self.data_for(config.block_size)
+        callbacks, log_dir = [], None
+        if self.logs_dir:
+            callbacks = [logs.tensorboard(self.logs_dir, data.vocab, plan_training(config, data).epochs)]
+            # KerasTuner's own layout, LOGS/TRIAL/execution0, and its callback for the HParams tab
+            self._configure_tensorboard_dir(callbacks, trial)
+            log_dir = callbacks[0].log_dir
+            logs.write_config(Path(log_dir) / logs.TRAIN, config.to_dict())
+        result = fit_and_score(config, data, deadline=self.deadline, callbacks=callbacks, log_dir=log_dir)
         if self.on_result:
             self.on_result(trial.trial_id, values, config, result)
         if result["status"] != "ok":
@@ -226,9 +245,12 @@ def _search(data_path, out_dir: Path, max_trials: int, deadline: float, steps: i
             runs.write_json(out_dir / BEST_CONFIG, state["best"][1].to_dict())
         write_tables(rows, list(space.values), out_dir)
 
+    shutil.rmtree(out_dir / runs.LOGS_DIR, ignore_errors=True)  # an earlier search's, like tuner/
+    log(f"TensorBoard logs of every trial in {out_dir / runs.LOGS_DIR}; watch with: tensorboard --logdir "
+        f"{out_dir / runs.LOGS_DIR}")
     tuner = NamesTuner(oracle, data_path=data_path, steps=steps, seed=seed, deadline=deadline,
-                       on_result=record, log=log, directory=str(out_dir), project_name="tuner",
-                       overwrite=True)
+                       on_result=record, log=log, logs_dir=out_dir / runs.LOGS_DIR, directory=str(out_dir),
+                       project_name="tuner", overwrite=True)
     # KerasTuner prints the traceback of every failed trial to stderr; each is reported by one line
     # (NamesTuner.on_trial_end) instead. A new model per trial retraces the training function,
     # which TensorFlow warns about.

@@ -1,5 +1,5 @@
-"""kmlp.callbacks: schedules counted in optimizer steps, the loss-curve recorder, rate options in
-train(), the step timer and the progress line."""
+"""kmlp.callbacks: schedules counted in optimizer steps, the loss-curve recorder, Keras's TensorBoard
+callback at optimizer steps, rate options in train(), the step timer and the progress line."""
 
 import csv
 import io
@@ -9,8 +9,9 @@ import re
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from kmlp.callbacks import CosineDecay, ElapsedTime, LossCurve, Progress, StepDecay, StepTimer
+from kmlp.callbacks import CosineDecay, ElapsedTime, LossCurve, Progress, StepDecay, StepTimer, TensorBoard
 from kmlp.config import Config
 from kmlp.data import NamesData
 from kmlp.model import build_model, compile_model, make_optimizer
@@ -96,6 +97,52 @@ def test_loss_curve_gives_one_point_per_chunk(tiny_words):
     assert curve.steps == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
     for epoch, mean in enumerate(history.history["loss"]):  # the epoch mean is the mean of its chunks
         assert np.mean(curve.losses[5 * epoch: 5 * epoch + 5]) == pytest.approx(mean, rel=1e-5)
+
+
+def logged(run_dir, tag) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={TENSORS: 0})
+    accumulator.Reload()
+    if tag not in accumulator.Tags()["tensors"]:
+        return []
+    return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in accumulator.Tensors(tag)]
+
+
+def test_tensorboard_logs_each_chunk_and_epoch_at_its_optimizer_step(tiny_words, tmp_path):
+    model, data = tiny_model(tiny_words)
+    curve, board = LossCurve(), TensorBoard(tmp_path / "logs", update_freq="batch")
+    history = model.fit(data.dataset("train", 8, steps_per_call=4), steps_per_epoch=5, epochs=2,
+                        validation_data=data.dataset("dev", 64), verbose=0, shuffle=False,
+                        callbacks=[StepDecay(0.1, [20], 0.5), curve, board])
+    batch = logged(tmp_path / "logs" / "train", "batch_loss")
+    assert [step for step, _ in batch] == curve.steps == list(range(4, 41, 4))  # not Keras's 1, 2, ...
+    np.testing.assert_allclose([loss for _, loss in batch], curve.losses, rtol=1e-6)
+    assert logged(tmp_path / "logs" / "train", "batch_learning_rate") == [
+        (s, pytest.approx(0.1 if s <= 20 else 0.05)) for s in range(4, 41, 4)]
+    for run, key in [("train", "loss"), ("validation", "val_loss")]:
+        assert logged(tmp_path / "logs" / run, "epoch_loss") == [
+            (20, pytest.approx(history.history[key][0])), (40, pytest.approx(history.history[key][1]))]
+    assert logged(tmp_path / "logs" / "train", "epoch_learning_rate") == [
+        (20, pytest.approx(0.1)), (40, pytest.approx(0.05))]
+    assert logged(tmp_path / "logs" / "train", "epoch_lr") == []  # the rate is logged once, by its Keras name
+
+
+@pytest.mark.parametrize("update_freq, steps", [(None, []), (2, [4, 8, 12]), ("batch", [2, 4, 6, 8, 10, 12])])
+def test_tensorboard_update_freq_counts_batches_as_keras_does(tiny_words, tmp_path, update_freq, steps):
+    model, data = tiny_model(tiny_words)
+    board = TensorBoard(tmp_path / "logs", **({"update_freq": update_freq} if update_freq else {}))
+    fit(model, data, [board], steps_per_call=2, calls=3, epochs=2)
+    assert [step for step, _ in logged(tmp_path / "logs" / "train", "batch_loss")] == steps
+    assert [step for step, _ in logged(tmp_path / "logs" / "train", "epoch_loss")] == [6, 12]
+
+
+def test_tensorboard_refuses_labels_that_do_not_fit_the_embedding(tiny_words, tmp_path):
+    model, data = tiny_model(tiny_words)
+    with pytest.raises(ValueError, match="3 labels, layer 'embedding' has"):
+        fit(model, data, [TensorBoard(tmp_path / "logs", embeddings_freq=1, embeddings_metadata=list("abc"))])
+    with pytest.raises(ValueError, match="update_freq"):
+        TensorBoard(tmp_path / "logs", update_freq=0)
 
 
 @pytest.mark.parametrize("make, message", [

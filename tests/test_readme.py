@@ -39,6 +39,7 @@ def test_python_api_example_runs_as_written(names_path, tmp_path):
     sampled = re.search(r"sampled: (\[.*\])", out).group(1)
     assert len(eval(sampled)) == 5
     assert (tmp_path / "mlp.keras").is_file() and (tmp_path / "runs" / "fast" / "model.keras").is_file()
+    assert (tmp_path / "logs" / "train" / "embedding.tsv").is_file()  # kmlp.TensorBoard in your own fit
 
 
 def test_every_top_level_name_resolves_and_none_is_shadowed_by_a_module():

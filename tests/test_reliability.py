@@ -77,6 +77,11 @@ def copy_run(run_dir, dest):
     return dest
 
 
+def files(run_dir) -> dict:
+    """Every file under a run folder (its logs included) with its bytes."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad data files that are refused: one line naming the file (and line), before TensorFlow loads.
 
@@ -196,7 +201,7 @@ def test_evaluating_on_a_file_with_unknown_characters_names_the_line(tiny_run, t
 
 def test_crash_while_saving_leaves_the_previous_model_intact(tiny_run, tmp_path, monkeypatch):
     run_dir = copy_run(tiny_run, tmp_path / "run")
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    before = files(run_dir)
     data_file = tmp_path / "tiny.txt"
     data_file.write_text("\n".join(TINY_WORDS), encoding="utf-8")
 
@@ -209,7 +214,7 @@ def test_crash_while_saving_leaves_the_previous_model_intact(tiny_run, tmp_path,
     config = load_run(run_dir).config.replace(steps=20, seed=7)
     with pytest.raises(OSError, match="No space left"):
         train(config, data_path=data_file, out_dir=run_dir, verbose=0, log=lambda *_: None)
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert files(run_dir) == before
     assert not list(tmp_path.glob(".run.partial-*"))
     assert (tmp_path / ".run.backup").is_dir()  # the trained epochs survive for --resume
 
@@ -222,12 +227,12 @@ def test_crash_while_saving_leaves_the_previous_model_intact(tiny_run, tmp_path,
 
 def test_a_run_that_diverges_keeps_the_good_model_it_would_replace(tiny_run, tmp_path, capsys):
     run_dir = copy_run(tiny_run, tmp_path / "run")
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    before = files(run_dir)
     data_file = load_run(run_dir).data_path
     result = main_in_process(capsys, "train", "--data", data_file, "--out", run_dir, *TINY_MODEL,
                              "--lr", "1000", "--quiet", "--samples", "0")
     assert_one_line_error(result, "diverged", "--lr", f"{run_dir} is unchanged")
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert files(run_dir) == before
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 

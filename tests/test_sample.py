@@ -1,6 +1,7 @@
 """kmlp.sample and the sample/score commands, on a tiny model trained for a few steps."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -233,10 +234,7 @@ def test_sample_command_marks_names_and_reports_the_new_share(run, capsys):
 
 
 def test_sample_without_the_data_file_still_samples(run, tmp_path, capsys):
-    moved = tmp_path / "run"
-    moved.mkdir()
-    for f in run.path.iterdir():
-        (moved / f.name).write_bytes(f.read_bytes())
+    moved = shutil.copytree(run.path, tmp_path / "run")
     info = json.loads((moved / "config.json").read_text())
     info["data"] = str(tmp_path / "gone.txt")
     (moved / "config.json").write_text(json.dumps(info))
