@@ -1,6 +1,7 @@
 """benchmarks/bench_train.py runs end to end with tiny step counts (a smoke test; nothing is timed)."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -73,15 +74,18 @@ def test_bad_flag_values_are_refused(tmp_path):
 @pytest.mark.integration
 def test_presets_table_trains_evaluates_and_prints_rows(names_path, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "presets_table.py"), "--presets", "fast",
-                           "--out-root", str(tmp_path), "--data", str(names_path)],
+                           "--budgets", "fast:0.4", "--out-root", str(tmp_path), "--data", str(names_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = done.stdout.splitlines()
-    assert rows[0].startswith("| run | params | train | dev | test |")
-    fast = next(r for r in rows if r.startswith("| `fast` preset"))
-    train, dev, test = (float(v.strip(" *")) for v in fast.split("|")[3:6])
-    assert 2.0 < train < dev < 2.17 and 2.0 < test < 2.2
+    assert rows[0].startswith("| run | params | steps | train | dev | test |")
+    fast = next(r for r in rows if r.startswith("| `fast` preset |"))
+    steps, train, dev, test = (float(v.strip(" *").replace(",", "")) for v in fast.split("|")[3:7])
+    assert steps == 1200 and 2.0 < train < dev < 2.17 and 2.0 < test < 2.2
     assert "`kmlp train --preset fast`" in fast and any("1.993" in r for r in rows)
+    timed = next(r for r in rows if r.startswith("| `fast` preset, a 0.4-minute budget on this machine |"))
+    planned = json.loads((tmp_path / "fast-0.4min" / "metrics.json").read_text())["budget"]["planned_steps"]
+    assert f"| {planned:,} |" in timed and "`kmlp train --preset fast --minutes 0.4`" in timed
 
 
 @pytest.mark.integration
