@@ -74,7 +74,7 @@ def test_bad_flag_values_are_refused(tmp_path):
 @pytest.mark.integration
 def test_presets_table_trains_evaluates_and_prints_rows(names_path, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "presets_table.py"), "--presets", "fast",
-                           "--budgets", "fast:0.4", "--out-root", str(tmp_path), "--data", str(names_path)],
+                           "--budgets", "fast:0.25", "--out-root", str(tmp_path), "--data", str(names_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = done.stdout.splitlines()
@@ -83,9 +83,9 @@ def test_presets_table_trains_evaluates_and_prints_rows(names_path, tmp_path):
     steps, train, dev, test = (float(v.strip(" *").replace(",", "")) for v in fast.split("|")[3:7])
     assert steps == 1200 and 2.0 < train < dev < 2.17 and 2.0 < test < 2.2
     assert "`kmlp train --preset fast`" in fast and any("1.993" in r for r in rows)
-    timed = next(r for r in rows if r.startswith("| `fast` preset, a 0.4-minute budget on this machine |"))
-    planned = json.loads((tmp_path / "fast-0.4min" / "metrics.json").read_text())["budget"]["planned_steps"]
-    assert f"| {planned:,} |" in timed and "`kmlp train --preset fast --minutes 0.4`" in timed
+    timed = next(r for r in rows if r.startswith("| `fast` preset, a 0.25-minute budget on this machine |"))
+    planned = json.loads((tmp_path / "fast-0.25min" / "metrics.json").read_text())["budget"]["planned_steps"]
+    assert f"| {planned:,} |" in timed and "`kmlp train --preset fast --minutes 0.25`" in timed
 
 
 @pytest.mark.integration
