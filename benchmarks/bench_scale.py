@@ -26,7 +26,7 @@ and checks the targets on the files of a million lines or more: at most 10x the 
 floor, loading under 3 s per million names, and a non-training share under 20% for 1M names at
 the preset's own length.
 
-    python benchmarks/bench_scale.py                          # the whole measurement, about an hour
+    python benchmarks/bench_scale.py                          # the whole measurement, about half an hour
     python benchmarks/bench_scale.py --sizes 32000 1000000 --steps 300
     python benchmarks/bench_scale.py --load-only              # loading alone, in a minute or two
 
