@@ -132,3 +132,16 @@ def test_minutes_bench_prints_a_row_per_budget(tiny_names_file):
     assert re.match(rf"\| `kmlp train {flags}` \| 30 s \| [\d.]+ s \| [\d,]+ \| [\d,.]+; [\d.]+ s; [\d.]+ s; "
                     rf"[\d.]+ s \|$", rows[2]), rows[2]
     assert "load average" in done.stderr
+
+
+@pytest.mark.integration
+def test_bench_best_skip_full_times_only_the_two_recipes_steps(names_path):
+    """The README's check for another CPU: the step costs alone, no full runs."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_best.py"), "--skip-full",
+                           "--rounds", "1", "--chunk", "5", "--data", str(names_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    out = done.stdout
+    assert "first at step" not in out and "verdict" not in out  # no full runs
+    assert "step cost side by side: 1 rounds of 5 steps of each, alternated" in out
+    assert re.search(r"a step of the new recipe costs [\d.]+ of the old one's in wall time, [\d.]+ in CPU", out)
