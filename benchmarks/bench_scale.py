@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kmlp.data import load_words  # noqa: E402
-from kmlp.backup import backup_dir  # noqa: E402
+from kmlp.backup import Backup  # noqa: E402
 
 MEMORY_FACTOR = 10          # peak RSS above the floor, in file sizes
 LOAD_SECONDS_PER_MILLION = 3.0
@@ -285,8 +284,7 @@ def measure_training(files: dict[int, Path], args) -> int:
     runs = {}
     for lines, path in files.items():
         out = args.work / f"run-{lines}"
-        for old in (out, backup_dir(out)):  # this benchmark's own, perhaps from a run cut short
-            shutil.rmtree(old, ignore_errors=True)
+        Backup(out).remove()  # this benchmark's own, from a run cut short (the run itself is replaced)
         argv = ["--data", str(path), "--preset", args.preset, "--out", str(out),
                 "--quiet", "--samples", "10"] + (["--steps", str(args.steps)] if args.steps else [])
         runs[lines] = r = run_child(argv)

@@ -27,7 +27,7 @@ from . import logs, runs
 from .callbacks import ElapsedTime, LossCurve
 from .data import NamesData, file_sha256
 
-IDENTITY_FILE = "run.json"
+IDENTITY_FILE = runs.BACKUP_IDENTITY_FILE
 METADATA_FILE = "training_metadata.json"
 WEIGHTS_FILE = "latest.weights.h5"
 CURVE_FILE = "curve.csv"
@@ -66,9 +66,10 @@ class Backup:
         (``expected``, see :func:`identity`); it is never silently discarded, since it may hold hours
         of training.
         """
+        runs.check_backup_dir(self.path)  # a user's folder of that name is never touched
         epoch = repair(self.path) if self.path.exists() else None
         if self.path.exists() and epoch is None:  # no epoch was completed: nothing to keep
-            shutil.rmtree(self.path)
+            self.remove()
         if self.path.exists() and not resume:
             raise runs.RunError(f"{self.path}: an interrupted training of this run is kept there; pass "
                                 f"--resume to continue it, or delete the folder to start over")
@@ -76,7 +77,11 @@ class Backup:
             if resume:
                 log(f"nothing to resume in {self.path}; starting from step 0")
             self.path.mkdir(parents=True)
-            runs.write_json(self.path / IDENTITY_FILE, expected)
+            try:
+                runs.write_json(self.path / IDENTITY_FILE, expected)
+            except BaseException:  # a folder without it would not be known as a backup next time
+                self.path.rmdir()
+                raise
             return 0
         saved = self.kept_identity() or {}
         if saved != expected:
@@ -141,7 +146,9 @@ class Backup:
         ]
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete the backup, once its run is saved; only a kmlp backup (:func:`kmlp.runs.is_backup_dir`)."""
+        if runs.is_backup_dir(self.path):
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _difference(saved: dict, expected: dict) -> str:

@@ -540,9 +540,9 @@ def cmd_tune(args) -> int:
     from .runs import check_out_dir
 
     check_search(args.max_trials, args.max_minutes, args.steps, args.seed, args.algorithm)
-    from .tune import OUT_ENTRIES, tune
+    check_out_dir(args.out, kind="tune")
+    from .tune import tune
 
-    check_out_dir(args.out, own_entries=OUT_ENTRIES, is_own=lambda path: True, what="search results")
     result = tune(data_path=args.data, out_dir=args.out, max_trials=args.max_trials,
                   max_minutes=args.max_minutes, steps=args.steps, seed=args.seed,
                   algorithm=args.algorithm)
@@ -592,8 +592,7 @@ def cmd_lr_find(args) -> int:
 
     config = config_from_args(args)
     check_range_test(args.start_lr, args.end_lr, args.num_steps)
-    check_out_dir(args.out, own_entries={"lr_find.csv", "lr_find.png", "logs"}, is_own=lambda path: True,
-                  what="range test results")
+    check_out_dir(args.out, kind="lr_find")
     data = NamesData.for_config(args.data, config)
     from .lr_find import range_test
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from .drawing import MAX_LEN, MAX_NAME_LENGTH
-from . import runs
+from . import manifest, runs
 from .config import ConfigError, check_positive_int
 from .runs import EXPORT_DIR, LITERT_DIR, Run, RunError
 from .sample import NameModel
@@ -213,11 +213,21 @@ def _export(run: Run, version: int | None, export_root, format: str) -> Path:
         else:
             _write_litert(run, staging)
         os.chmod(staging, runs.new_dir_mode())  # mkdtemp's 0700 would hide it from other users
+        _record_in_run(run.path, staging, target)
         os.rename(staging, target)  # fails, rather than overwrites, if the version appeared meanwhile
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _record_in_run(run_dir: Path, staging: Path, target: Path) -> None:
+    """List a version exported into the run's own folder in its manifest before it appears there, so
+    that training the run again knows it for kmlp's and keeps it."""
+    run_dir = Path(os.path.abspath(run_dir))
+    target = Path(os.path.abspath(target))
+    if run_dir in target.parents:
+        manifest.add(run_dir, manifest.entries_of(staging, target.relative_to(run_dir).as_posix()))
 
 
 def _write_litert(run: Run, folder: Path) -> None:

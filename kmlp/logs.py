@@ -89,7 +89,6 @@ def write_range_test(log_dir, result, info: dict) -> None:
                             f"{result.floor_loss:.3f})", step=len(result.rates) - 1)
             _config_text(info)
 
-    shutil.rmtree(log_dir, ignore_errors=True)  # an earlier test's logs
     _write(log_dir, write)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +27,7 @@ from .runs import LOGS_DIR, write_text
 
 CSV_FILE = "lr_find.csv"
 PLOT_FILE = "lr_find.png"
-OUT_ENTRIES = frozenset({CSV_FILE, PLOT_FILE, LOGS_DIR})  # what a test writes into its folder
+KIND = "lr_find"  # its output folder's kind (kmlp.manifest.KINDS)
 
 
 @dataclass
@@ -149,8 +150,7 @@ def range_test(config, data, start_lr: float = 1e-3, end_lr: float = 1.0, num_st
     from .train import prepare
 
     finder = LRFinder(start_lr, end_lr, num_steps)  # checks the range before any work
-    out_dir = runs.check_out_dir(out_dir, own_entries=OUT_ENTRIES, is_own=lambda path: True,
-                                 what="range test results")
+    out_dir = runs.check_out_dir(out_dir, kind=KIND)
     with runs.RunLock(out_dir):
         setup = prepare(config, data, log=lambda *_: None)
         try:
@@ -161,9 +161,15 @@ def range_test(config, data, start_lr: float = 1e-3, end_lr: float = 1.0, num_st
             raise ConfigError(f"the loss diverged within {len(result.rates)} steps, at lr "
                               f"{result.rates[-1]:.3g}, before it fell; try a smaller --start-lr "
                               f"(now {start_lr:g}); nothing was written")
-        csv_path = result.write_csv(out_dir / CSV_FILE)
-        plot_path = plot_lr_find(out_dir / PLOT_FILE, result, title=(
-            f"Learning-rate range test: {setup.config.optimizer}, batch {setup.config.batch_size}, "
-            f"{setup.model.count_params():,} parameters"))
-        logs.write_range_test(out_dir / LOGS_DIR, result, setup.config.to_dict())
-    return result, csv_path, plot_path
+        staging = runs.staging_dir(out_dir)
+        try:
+            result.write_csv(staging / CSV_FILE)
+            plot_lr_find(staging / PLOT_FILE, result, title=(
+                f"Learning-rate range test: {setup.config.optimizer}, batch {setup.config.batch_size}, "
+                f"{setup.model.count_params():,} parameters"))
+            logs.write_range_test(staging / LOGS_DIR, result, setup.config.to_dict())
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        runs.publish(staging, out_dir, kind=KIND)
+    return result, out_dir / CSV_FILE, out_dir / PLOT_FILE

@@ -12,12 +12,16 @@ at once, never put over files kmlp did not write, and read back with checks.
     DIR/export/N/         SavedModels written by ``kmlp export`` (see kmlp.export); kept when the run
                           is trained again
     DIR/litert/N/         LiteRT models written by ``kmlp export --format litert``; kept likewise
+    DIR/kmlp-manifest.json   every file and folder above, with sizes and hashes (see kmlp.manifest):
+                          training the run again replaces it only if nothing else is there, and
+                          deletes only what it lists
 
 Beside DIR, while a process works on it: ``.DIR.lock`` (who holds the run), ``.DIR.backup/`` (the
 last completed epoch of a training and its TensorBoard logs so far, see :mod:`kmlp.backup`) and ``.DIR.partial-*`` (a run being
 written); a worker of a multi-worker training other than the chief, which never writes DIR, keeps
-its own ``.DIR.worker-1.lock`` and ``.DIR.worker-1.backup/`` (see :func:`beside`). Files and
-folders are created with the permissions the user's umask gives.
+its own ``.DIR.worker-1.lock`` and ``.DIR.worker-1.backup/`` (see :func:`beside`). A lock and a
+backup are known by their contents, never by their names alone. Files and folders are created with
+the permissions the user's umask gives.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import manifest
+from .atomic import atomic_open, link_or_copy, new_dir_mode, new_file_mode, write_json, write_text  # noqa: F401
 from .config import Config, ConfigError
 from .data import Vocabulary
 
@@ -47,9 +52,7 @@ HISTORY_FILE = "history.csv"
 EXPORT_DIR = "export"
 LOGS_DIR = "logs"
 LITERT_DIR = "litert"
-# Everything kmlp writes into a run directory; anything else there is the user's and is never replaced.
-RUN_ENTRIES = frozenset({MODEL_FILE, CONFIG_FILE, METRICS_FILE, EVALUATIONS_FILE, HISTORY_FILE,
-                         "loss.png", "embedding.png", EXPORT_DIR, LITERT_DIR, LOGS_DIR})
+BACKUP_IDENTITY_FILE = "run.json"  # in a training's backup: which training it belongs to
 # What outlives training the run again: exported versions may be in use by a server or an app.
 KEPT_ON_RETRAINING = (EXPORT_DIR, LITERT_DIR)
 
@@ -106,21 +109,13 @@ def default_run_dir(preset_name: str) -> Path:
     return Path("saved_models") / preset_name
 
 
-def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` holds a run kmlp wrote: a model and a config.json with a configuration."""
-    try:
-        info = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and "config" in info and "vocab" in info and (path / MODEL_FILE).is_file()
-
-
-def check_out_dir(out_dir, own_entries=RUN_ENTRIES, is_own=is_run_dir, what: str = "a kmlp run") -> Path:
+def check_out_dir(out_dir, kind: str = "run", worker: str | None = None) -> Path:
     """Refuse, before any work, an output folder kmlp may not write: a file, the current folder or one
-    holding it, a symbolic link, or a folder holding anything kmlp did not write there.
+    holding it, a symbolic link, a folder holding anything its manifest does not list (at any depth,
+    see :mod:`kmlp.manifest`), or a lock or backup beside it that kmlp did not write.
 
-    ``out_dir`` may be new, empty, or hold ``what`` (recognised by ``is_own``, holding only
-    ``own_entries``). Its parent must be writable. Returns the folder as an absolute path.
+    ``out_dir`` may be new, empty, or hold ``kind`` (a key of :data:`kmlp.manifest.KINDS`) written by
+    kmlp. Its parent must be writable. Returns the folder as an absolute path.
     """
     path = Path(os.path.abspath(out_dir))
     if path.is_symlink():
@@ -130,14 +125,15 @@ def check_out_dir(out_dir, own_entries=RUN_ENTRIES, is_own=is_run_dir, what: str
         raise RunError(f"{out_dir}: is the current folder or holds it; give a folder of its own, "
                        f"e.g. {Path(out_dir) / 'run'}")
     if path.exists() and not path.is_dir():
-        raise RunError(f"{out_dir}: is a file; kmlp writes {what} into a folder of its own")
-    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    if entries:
-        foreign = [name for name in entries if name not in own_entries]
-        if not is_own(path) or foreign:
-            shown = ", ".join((foreign or entries)[:5]) + (", ..." if len(foreign or entries) > 5 else "")
-            raise RunError(f"{out_dir}: holds files kmlp did not write ({shown}); kmlp replaces only "
-                           f"{what} of its own: choose another folder")
+        raise RunError(f"{out_dir}: is a file; kmlp writes {manifest.KINDS[kind]} into a folder of its own")
+    try:
+        if path.is_dir() and os.listdir(path):
+            manifest.check_owned(path, kind)
+    except manifest.NotOwned as e:
+        raise RunError(str(e)) from None
+    check_lock_file(beside(path, "lock", worker))
+    if kind == "run":
+        check_backup_dir(beside(path, "backup", worker))
     check_writable(path.parent)
     return path
 
@@ -151,7 +147,7 @@ def check_writable(folder) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise RunError(f"{e.filename or folder}: cannot write there ({e.strerror or e})") from None
+        raise RunError(f"{folder}: cannot write there ({e.strerror or e})") from None
     return folder
 
 
@@ -163,16 +159,62 @@ def beside(out_dir, what: str, worker: str | None = None) -> Path:
     return out_dir.parent / ".".join(["", out_dir.name, *([worker] if worker else []), what])
 
 
+def _read_small_json(path: Path, limit: int = 1 << 20):
+    """The JSON in ``path``, read without following a symbolic link and at most ``limit`` bytes; None if
+    it is anything else (a link, a folder, too large, not JSON)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        text = manifest.read_bounded(fd, limit + 1)
+        return json.loads(text) if len(text) <= limit else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def is_backup_dir(path) -> bool:
+    """Whether ``path`` is a backup kmlp made: a real folder whose identity file (see
+    :mod:`kmlp.backup`) says which training it belongs to."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    identity = _read_small_json(path / BACKUP_IDENTITY_FILE)
+    return isinstance(identity, dict) and "config" in identity and "plan" in identity
+
+
+def check_backup_dir(path) -> None:
+    """Refuse a file or folder where kmlp keeps a training's backup that is not a kmlp backup."""
+    if os.path.lexists(path) and not is_backup_dir(path):
+        raise RunError(f"{path}: kmlp keeps the backup of a training there, but this is not a kmlp "
+                       f"backup; move it, or choose another --out")
+
+
+def _is_lock_text(text) -> bool:
+    return isinstance(text, dict) and {"pid", "command", "since"} <= set(text)
+
+
+def check_lock_file(path) -> None:
+    """Refuse a file (or link) where kmlp keeps a folder's lock that is not a kmlp lock."""
+    if os.path.lexists(path) and not _is_lock_text(_read_small_json(path, 4096)):
+        raise RunError(f"{path}: kmlp keeps its lock there, but this is not a kmlp lock; move it, "
+                       f"or choose another folder")
+
+
 class RunLock:
     """Only one kmlp process at a time writes a run (training, evaluating, exporting) or another output
     folder: an exclusive ``flock`` on a hidden file beside it, which the operating system releases when
-    the process ends, however it ends, so a lock left by a dead process is simply taken over.
+    the process ends, however it ends, so a lock left by a dead process is taken over.
 
     >>> with RunLock("saved_models/default"):
     ...     ...  # a second process gets RunError naming this one's pid and command
 
-    ``worker`` names a multi-worker training's worker other than the chief: it locks its own file
-    (:func:`beside`), so that it never blocks the chief or another worker sharing the folder.
+    The lock file appears whole, already locked and naming its holder (it is written under a private
+    name and hard-linked into place), so a file there that does not read as a kmlp lock is a user's
+    and is refused, never overwritten or deleted; nor is a symbolic link ever followed. ``worker``
+    names a multi-worker training's worker other than the chief: it locks its own file (:func:`beside`).
     """
 
     def __init__(self, out_dir, worker: str | None = None):
@@ -182,8 +224,13 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         check_writable(self.path.parent)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        while self._fd is None:
+            check_lock_file(self.path)
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                self._fd = self._create()  # None: another process made one meanwhile; look again
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -191,22 +238,40 @@ class RunLock:
                 os.close(fd)
                 raise RunError(f"{self.out_dir}: in use by another kmlp process ({_describe(holder)}); "
                                f"wait for it to end, or choose another folder") from None
-            try:  # the holder before us may have removed the file between our open and our lock
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
+            if self._is_at_path(fd):  # a dead process's lock, ours to remove while we hold it
+                os.unlink(self.path)
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv),
-                                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode())
-        self._fd = fd
         return self
+
+    def _create(self) -> int | None:
+        """A new lock file, locked and naming this process; None if one appeared at the path."""
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{self.path.name}.", suffix=".tmp")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv),
+                                     "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode())
+            os.fchmod(fd, new_file_mode())
+            os.link(tmp, self.path)  # fails if anything, a symbolic link included, is there
+        except FileExistsError:
+            os.close(fd)
+            return None
+        except OSError as e:
+            os.close(fd)
+            raise RunError(f"{self.path.parent}: cannot write there ({e.strerror or e})") from None
+        finally:
+            os.unlink(tmp)
+        return fd
+
+    def _is_at_path(self, fd: int) -> bool:
+        try:
+            return os.lstat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def __exit__(self, *exc) -> None:
         try:
-            os.unlink(self.path)
+            if self._is_at_path(self._fd):
+                os.unlink(self.path)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -222,21 +287,7 @@ def _describe(holder: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing, whole or not at all, with the user's umask
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def new_file_mode() -> int:
-    return 0o666 & ~_umask()
-
-
-def new_dir_mode() -> int:
-    return 0o777 & ~_umask()
+# Writing a run whole, and replacing only what kmlp wrote
 
 
 def staging_dir(out_dir: Path) -> Path:
@@ -248,32 +299,30 @@ def staging_dir(out_dir: Path) -> Path:
     return path
 
 
-def publish(staging: Path, out_dir: Path) -> Path:
-    """Move a completely written run into place, replacing an earlier run at ``out_dir``.
+def publish(staging: Path, out_dir: Path, kind: str = "run") -> Path | None:
+    """Move a completely written result of ``kind`` from ``staging`` into place, replacing an earlier
+    one at ``out_dir`` (which :func:`check_out_dir` accepted). Returns None, or the folder holding
+    what was left of the earlier one (see below).
 
-    What outlives retraining (:data:`KEPT_ON_RETRAINING`: the exported versions) is hard-linked into
-    the new run first; then the two folders are exchanged in one step, so a reader (or a server
-    watching ``out_dir/export``) sees the old run or the new one, never neither. The old run is
-    deleted only once the new one is in place.
+    The manifest is written last (:mod:`kmlp.manifest`). What outlives replacing (a run's exported
+    versions, :data:`KEPT_ON_RETRAINING`) is hard-linked into the new result first; then the two folders are
+    exchanged in one step, so a reader (or a server watching ``out_dir/export``) sees the old result
+    or the new one, never neither. Of the old one, only what its manifest lists is then deleted:
+    anything a user put there meanwhile is kept. ``staging`` is removed if anything fails before.
     """
     staging, out_dir = Path(staging), Path(out_dir)
-    if not out_dir.exists():
-        os.rename(staging, out_dir)
-        return out_dir
-    for name in KEPT_ON_RETRAINING:
-        if (out_dir / name).exists():
-            shutil.copytree(out_dir / name, staging / name, copy_function=link_or_copy)
-    _exchange(staging, out_dir)
-    shutil.rmtree(staging, ignore_errors=True)  # it holds the old run now
-    return out_dir
-
-
-def link_or_copy(src, dst):
-    """Hard-link ``src`` to ``dst``, or copy it where the file system cannot."""
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        if not out_dir.exists():
+            manifest.write(staging, kind)
+            os.rename(staging, out_dir)
+            return None
+        manifest.link_listed(out_dir, staging, KEPT_ON_RETRAINING if kind == "run" else ())
+        manifest.write(staging, kind)
+        _exchange(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging if manifest.remove_owned(staging) else None  # staging holds the old result now
 
 
 def _exchange(a: Path, b: Path) -> None:
@@ -294,41 +343,6 @@ def _exchange(a: Path, b: Path) -> None:
     os.replace(aside, a)
 
 
-@contextmanager
-def atomic_open(path, mode: str = "w"):
-    """Open a temporary file beside ``path`` for writing; once the block ends without error it is
-    renamed to ``path``, otherwise removed. So ``path`` is always whole or untouched.
-
-    >>> with atomic_open(run_dir / "notes.txt") as f:
-    ...     f.write("...")
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, new_file_mode())  # mkstemp makes it private
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` whole or not at all; see :func:`atomic_open`."""
-    with atomic_open(path) as f:
-        f.write(text)
-    return Path(path)
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON whole or not at all; see :func:`atomic_open`."""
-    with atomic_open(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=False, ensure_ascii=False)
-        f.write("\n")
-
-
 def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -339,10 +353,12 @@ def read_json(path: Path) -> dict:
 
 
 def update_metrics(run_dir: Path, **values) -> dict:
+    """Add ``values`` to the run's metrics.json (and its manifest)."""
     path = Path(run_dir) / METRICS_FILE
     metrics = read_json(path) if path.exists() else {}
     metrics.update(values)
     write_json(path, metrics)
+    manifest.record_files(run_dir, METRICS_FILE)
     return metrics
 
 
@@ -352,6 +368,7 @@ def add_evaluation(run_dir: Path, record: dict) -> list:
     records = read_json(path) if path.exists() else []
     records.append(record)
     write_json(path, records)
+    manifest.record_files(run_dir, EVALUATIONS_FILE)
     return records
 
 

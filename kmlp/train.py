@@ -333,7 +333,7 @@ def _time_finish(setup: Setup, out_dir: Path, curve, backup, preset_name) -> flo
     dev = _seconds(evaluate_loss, setup.model, data.dataset("dev", EVAL_BATCH)) if batches["dev"] > 1 else one
     per_batch = max(0.0, dev - one) / (batches["dev"] - 1) if batches["dev"] > 1 else one
     began = time.perf_counter()
-    _save_run(setup, out_dir, {}, curve, backup, preset_name)
+    _save_run(setup, out_dir, {}, curve, backup, preset_name, log=lambda *_: None)
     backup.remove()
     return one + per_batch * (batches["train"] - 1) + dev + time.perf_counter() - began
 
@@ -466,8 +466,8 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
     """
     started = time.perf_counter() if started is None else started
     config.validate()
-    out_dir = runs.check_out_dir(out_dir or runs.default_run_dir(preset_name or "custom"))
     worker = distributed.worker_name(strategy)  # None: this process writes the run
+    out_dir = runs.check_out_dir(out_dir or runs.default_run_dir(preset_name or "custom"), worker=worker)
     with runs.RunLock(out_dir, worker):
         data = data or NamesData.for_config(data_path, config)
         log(f"data: {data.path}; {data.summary()}")
@@ -502,7 +502,7 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         if budget:
             metrics["budget"] = budget
         if worker is None:
-            _save_run(setup, out_dir, metrics, curve, backup, preset_name)
+            _save_run(setup, out_dir, metrics, curve, backup, preset_name, log)
         backup.remove()
     steps_run = setup.plan.steps - start_epoch * setup.plan.steps_per_epoch
     sampled = "" if metrics["train_loss_examples"] == metrics["train_examples"] else \
@@ -561,7 +561,7 @@ def _measure(setup: Setup, clock, start_epoch: int, fit_seconds: float, started:
     return metrics
 
 
-def _save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_name) -> None:
+def _save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_name, log) -> None:
     """Write the run into a hidden folder beside ``out_dir``, then put it in place (kmlp.runs.publish)."""
     data = setup.data
     staging = runs.staging_dir(out_dir)
@@ -580,10 +580,12 @@ def _save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_
             "preset": preset_name,
         })
         runs.write_json(staging / runs.METRICS_FILE, metrics)
-        runs.publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    left = runs.publish(staging, out_dir)
+    if left:
+        log(f"files put into {out_dir} during the training are not kmlp's; they are kept in {left}")
 
 
 def _data_location(data: NamesData) -> str | None:

@@ -30,7 +30,6 @@ import csv
 import io
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ import keras
 import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 
-from . import logs, runs
+from . import logs, manifest, runs
 from .config import Config, check_search
 from .data import NamesData
 from .train import EVAL_BATCH, evaluate_loss, plan_training, prepare
@@ -56,6 +55,7 @@ SCORE_COLUMNS = ("steps", "trial", "params", "train_loss", "dev_loss", "seconds"
 BEST_CONFIG = "best_config.json"
 # What a search writes into its folder (tuner/ is KerasTuner's own record, rewritten each search).
 OUT_ENTRIES = frozenset({"results.csv", "results.md", BEST_CONFIG, "tuner", runs.LOGS_DIR})
+KIND = "tune"  # its output folder's kind (kmlp.manifest.KINDS)
 
 
 def declare_space(hp: keras_tuner.HyperParameters) -> keras_tuner.HyperParameters:
@@ -207,16 +207,28 @@ def tune(data_path=None, out_dir="tuning", max_trials: int = 20, max_minutes: fl
     work, and one process at a time writes it. Bad values raise :class:`ConfigError` naming the flag.
     """
     check_search(max_trials, max_minutes, steps, seed, algorithm)
-    out_dir = runs.check_out_dir(out_dir, own_entries=OUT_ENTRIES, is_own=lambda path: True,
-                                 what="search results")
+    out_dir = runs.check_out_dir(out_dir, kind=KIND)
     with runs.RunLock(out_dir):
+        _clear(out_dir)
         return _search(data_path, out_dir, max_trials, time.monotonic() + 60.0 * max_minutes, steps,
                        seed, algorithm, log)
 
 
+def _clear(out_dir: Path) -> None:
+    """Delete an earlier search's results, all of which its manifest lists (:func:`runs.check_out_dir`
+    checked), before the new search writes its own; refuse if anything else appeared meanwhile."""
+    if out_dir.is_dir() and manifest.remove_owned(out_dir):
+        runs.check_out_dir(out_dir, kind=KIND)  # raises, naming what is not kmlp's
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_manifest(out_dir: Path) -> None:
+    """List what the search has written so far: a search cut short is replaced by the next one."""
+    manifest.write(out_dir, KIND, manifest.scan(out_dir, only=OUT_ENTRIES))
+
+
 def _search(data_path, out_dir: Path, max_trials: int, deadline: float, steps: int, seed: int,
             algorithm: str, log) -> TuneResult:
-    out_dir.mkdir(parents=True, exist_ok=True)
     space = declare_space(keras_tuner.HyperParameters())
     oracle_kwargs = dict(objective=keras_tuner.Objective(OBJECTIVE, "min"), hyperparameters=space,
                          seed=seed, max_consecutive_failed_trials=max_trials)
@@ -244,8 +256,8 @@ def _search(data_path, out_dir: Path, max_trials: int, deadline: float, steps: i
             state["best"] = (row, config_for(values, steps, seed))
             runs.write_json(out_dir / BEST_CONFIG, state["best"][1].to_dict())
         write_tables(rows, list(space.values), out_dir)
+        _write_manifest(out_dir)
 
-    shutil.rmtree(out_dir / runs.LOGS_DIR, ignore_errors=True)  # an earlier search's, like tuner/
     log(f"TensorBoard logs of every trial in {out_dir / runs.LOGS_DIR}; watch with: tensorboard --logdir "
         f"{out_dir / runs.LOGS_DIR}")
     tuner = NamesTuner(oracle, data_path=data_path, steps=steps, seed=seed, deadline=deadline,
@@ -261,6 +273,7 @@ def _search(data_path, out_dir: Path, max_trials: int, deadline: float, steps: i
             tuner.search(verbose=0)
     finally:
         logging.getLogger("tensorflow").setLevel(tf_level)
+        _write_manifest(out_dir)
     best_row, best_config = state["best"] or (None, None)
     return TuneResult(rows=rows, best=best_row, best_config=best_config, out_dir=out_dir)
 

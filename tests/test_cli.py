@@ -215,15 +215,44 @@ def test_tune_and_lr_find_refuse_an_output_that_is_a_file_or_a_users_folder(comm
     assert_one_line_error(*main(capsys, command, "--out", tmp_path / "folder")[::2], "notes.txt")
 
 
-def test_retraining_a_run_keeps_its_exports(tiny_run, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["tune", "lr-find"])
+def test_tune_and_lr_find_refuse_a_folder_that_holds_only_someone_elses_logs(command, tmp_path, capsys):
+    logs = tmp_path / "u" / "logs" / "train"
+    logs.mkdir(parents=True)
+    (logs / "events.out.tfevents.1").write_bytes(b"another project's logs")
+    assert_one_line_error(*main(capsys, command, "--out", tmp_path / "u")[::2], "u/logs", "kmlp did not write")
+    assert (logs / "events.out.tfevents.1").read_bytes() == b"another project's logs"
+
+
+@pytest.mark.parametrize("inside", ["logs/B/model.keras", "logs/train/notes.txt", "export/1/mine.txt"])
+def test_retraining_refuses_a_run_holding_anything_it_did_not_write_at_any_depth(inside, tiny_run, tmp_path,
+                                                                                capsys):
     out = shutil.copytree(tiny_run, tmp_path / "run")
-    (out / "export" / "1").mkdir(parents=True)
-    (out / "export" / "1" / "saved_model.pb").write_bytes(b"served")
+    (out / inside).parent.mkdir(parents=True, exist_ok=True)
+    (out / inside).write_text("not kmlp's")  # e.g. another run trained with --out run/logs/B
+    before = sorted(p for p in tmp_path.rglob("*"))
+    code, out_text, err = main(capsys, "train", "--data", runs.read_json(out / "config.json")["data"],
+                               "--out", out, *TINY_MODEL)
+    assert_one_line_error(code, err, f"{out}/{inside.split('/')[0]}/", "kmlp did not write this")
+    assert sorted(p for p in tmp_path.rglob("*")) == before and "data:" not in out_text
+
+
+def test_export_and_evaluate_work_beside_a_users_file_and_retraining_keeps_the_exports(tiny_run, tmp_path,
+                                                                                      capsys):
+    out = shutil.copytree(tiny_run, tmp_path / "run")
+    (out / "notes.txt").write_text("mine")
+    for command in (["export", out], ["evaluate", out, "--split", "test"]):
+        code, _, err = main(capsys, *command)
+        assert code == 0, err
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    served = (out / "export" / "1" / "saved_model.pb").read_bytes()
     code, _, err = main(capsys, "train", "--data", runs.read_json(out / "config.json")["data"], "--out", out,
                         *TINY_MODEL, "--quiet", "--samples", "0")
     assert code == 0, err
-    assert (out / "export" / "1" / "saved_model.pb").read_bytes() == b"served"
+    assert (out / "export" / "1" / "saved_model.pb").read_bytes() == served
     assert runs.read_json(out / "metrics.json")["steps"] == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock, backup or old run left
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import TENSORS, Even
 from tensorboard.plugins.projector import ProjectorConfig
 
 from kmlp import backup as backups
-from kmlp import logs
+from kmlp import logs, manifest
 from kmlp.config import Config
 from kmlp.lr_find import range_test
 from kmlp.runs import load_run
@@ -192,6 +192,7 @@ def test_trim_drops_later_steps_and_a_record_cut_short(tmp_path):
 def test_every_tune_trial_logs_its_training_dev_loss_and_hyperparameters(tiny_names_file, tmp_path):
     out = tmp_path / "tuning"
     (out / "logs" / "stale").mkdir(parents=True)  # an earlier search's: replaced
+    manifest.write(out, "tune")
     result = tune(tiny_names_file, out, max_trials=2, max_minutes=10, steps=10, seed=1, algorithm="random",
                   log=quiet)
     trials = sorted(p.name for p in (out / "logs").iterdir())

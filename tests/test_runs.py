@@ -11,7 +11,7 @@ import keras
 import pytest
 from conftest import ROOT, train_tiny_run
 
-from kmlp import runs
+from kmlp import manifest, runs
 from kmlp.runs import RunError, RunLock, check_out_dir, load_run, publish
 
 
@@ -27,6 +27,15 @@ def copy_run(run_dir, dest):
     return dest
 
 
+def add_version(run, graph: bytes, version: str = "1"):
+    staging = run.parent / f".{version}.partial"
+    staging.mkdir()
+    (staging / "saved_model.pb").write_bytes(graph)
+    manifest.add(run, manifest.entries_of(staging, f"export/{version}"))
+    (run / "export").mkdir(exist_ok=True)
+    staging.rename(run / "export" / version)
+
+
 def tree(path):
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
@@ -40,7 +49,8 @@ def test_a_new_an_empty_and_an_earlier_run_folder_are_accepted(tiny_run, tmp_pat
     (tmp_path / "empty").mkdir()
     check_out_dir(tmp_path / "empty")
     run = copy_run(tiny_run, tmp_path / "run")
-    (run / "export" / "1").mkdir(parents=True)
+    check_out_dir(run)
+    add_version(run, b"graph")  # as kmlp export records it
     check_out_dir(run)
 
 
@@ -121,9 +131,8 @@ def test_a_second_process_is_refused_naming_the_first_and_a_dead_ones_lock_is_ta
 
 def test_retraining_keeps_the_exported_versions_and_replaces_the_rest(tiny_run, tmp_path):
     out = copy_run(tiny_run, tmp_path / "run")
+    add_version(out, b"graph")
     version = out / "export" / "1"
-    version.mkdir(parents=True)
-    (version / "saved_model.pb").write_bytes(b"graph")
     watched = os.stat(version / "saved_model.pb").st_ino
     staging = runs.staging_dir(out)
     (staging / "model.keras").write_bytes(b"new model")
@@ -141,7 +150,9 @@ def test_publishing_swaps_the_folders_in_one_step(tmp_path, monkeypatch):
     (old / "a").write_text("old")
     (new / "a").write_text("new")
     calls = []
-    monkeypatch.setattr(runs.os, "replace", lambda *a: calls.append(a))  # no two-rename fallback
+    real_replace = os.replace
+    monkeypatch.setattr(runs.os, "replace",  # no two-rename fallback (files are still written by replacing)
+                        lambda a, b: calls.append(a) if os.path.isdir(a) else real_replace(a, b))
     publish(new, old)
     assert (old / "a").read_text() == "new" and calls == []
 
@@ -226,3 +237,77 @@ def test_a_damaged_run_is_refused_with_a_clear_message(damage, message, tiny_run
     with pytest.raises(RunError, match=message) as refused:
         load_run(run_dir)
     assert "\n" not in str(refused.value) and str(run_dir) in str(refused.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# A lock, a backup and a run are known by their contents, never by their names
+
+
+@pytest.mark.parametrize("case", ["user file", "empty file", "symlink to a file", "dangling symlink", "folder"])
+def test_a_lock_path_that_is_not_a_kmlp_lock_is_refused_and_left_alone(case, tmp_path):
+    lock, victim = tmp_path / ".run.lock", tmp_path / "victim.txt"
+    victim.write_text("the user's")
+    if case == "user file":
+        lock.write_text("my notes")
+    elif case == "empty file":
+        lock.touch()
+    elif case == "symlink to a file":
+        lock.symlink_to(victim)
+    elif case == "dangling symlink":
+        lock.symlink_to(tmp_path / "nowhere")
+    else:
+        lock.mkdir()
+    before = tree(tmp_path), os.path.lexists(lock)
+    with pytest.raises(RunError, match=r"\.run\.lock: kmlp keeps its lock there, but this is not a kmlp lock"):
+        with RunLock(tmp_path / "run"):
+            pass
+    with pytest.raises(RunError, match="not a kmlp lock"):
+        check_out_dir(tmp_path / "run")
+    assert (tree(tmp_path), os.path.lexists(lock)) == before
+    assert victim.read_text() == "the user's" and not (tmp_path / "nowhere").exists()
+
+
+def test_a_full_disk_leaves_no_lock_behind(tmp_path, monkeypatch):
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "write", full)
+    with pytest.raises(RunError, match=f"{tmp_path}: cannot write there .No space left on device"):
+        with RunLock(tmp_path / "run"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_user_folder_named_like_a_backup_is_refused_and_kept(tiny_run, tmp_path):
+    from kmlp import backup as backups
+
+    out = copy_run(tiny_run, tmp_path / "run")
+    (tmp_path / ".run.backup").mkdir()
+    (tmp_path / ".run.backup" / "thesis.txt").write_text("years of work")
+    with pytest.raises(RunError, match=r"\.run\.backup: kmlp keeps the backup of a training there, but this "
+                                       r"is not a kmlp backup"):
+        check_out_dir(out)
+    backup = backups.Backup(out)
+    with pytest.raises(RunError, match="not a kmlp backup"):
+        backup.start(resume=False, expected={"config": {}, "plan": {}})
+    backup.remove()
+    assert (tmp_path / ".run.backup" / "thesis.txt").read_text() == "years of work"
+
+
+def test_a_run_without_a_manifest_is_not_replaced(tiny_run, tmp_path):
+    out = copy_run(tiny_run, tmp_path / "run")
+    (out / manifest.MANIFEST_FILE).unlink()  # as a run written before manifests, or by hand
+    with pytest.raises(RunError, match="config.json: kmlp did not write this .* has no kmlp-manifest.json"):
+        check_out_dir(out)
+
+
+def test_retraining_keeps_what_a_user_put_into_the_run_meanwhile(tiny_run, tmp_path):
+    out = copy_run(tiny_run, tmp_path / "run")
+    check_out_dir(out)
+    (out / "logs" / "notes.txt").write_text("mine")  # during the training
+    staging = runs.staging_dir(out)
+    (staging / "model.keras").write_bytes(b"new model")
+    left = publish(staging, out)
+    assert (out / "model.keras").read_bytes() == b"new model"
+    assert left is not None and (left / "logs" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in left.rglob("*")) == ["logs", "notes.txt"]  # kmlp's own files went

@@ -12,6 +12,7 @@ import pytest
 from kmlp import data as data_module
 from kmlp.cli import build_parser, config_from_args
 from kmlp.config import load_config_file
+from kmlp.runs import check_out_dir
 from kmlp.train import train
 from kmlp.tune import Deadline, config_for, declare_space, tune
 
@@ -90,6 +91,7 @@ def test_tiny_search_writes_tables_and_a_config_train_accepts(tiny_names_file, t
     markdown = (out / "results.md").read_text().splitlines()
     assert markdown[0].startswith("| block_size |") and len(markdown) == 2 + 2
     assert min(float(row["dev_loss"]) for row in table) == round(result.best["dev_loss"], 4)
+    check_out_dir(out, kind="tune")  # its manifest lists all it wrote, KerasTuner's tuner/ included
 
     best = out / "best_config.json"
     assert load_config_file(best) == result.best_config
