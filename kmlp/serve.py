@@ -16,7 +16,9 @@ the SavedModel, never assumed. The playground runs kmlp's Python API on the run'
 functions the SavedModel is exported from), so it has every control of ``kmlp sample``.
 
 Every request is bounded by :class:`Limits`; a bad one gets status 400 and ``{"error": "..."}`` (one
-line, never a traceback), and the next request is answered as usual. The web stack is Starlette on
+line, never a traceback), and the next request is answered as usual. Connections are bounded too:
+idle ones are closed after a timeout, and the longest-idle first when too many are open; a request
+arriving too slowly gets 408 (docs/serving-limits.md lists them all). The web stack is Starlette on
 uvicorn; model calls run on a small pool of threads, never on the event loop.
 """
 
@@ -26,7 +28,9 @@ import asyncio
 import base64
 import binascii
 import functools
+import heapq
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -38,7 +42,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import h11
 import numpy as np
+from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
 from .config import ConfigError, check_seed
 
@@ -52,7 +58,9 @@ say = functools.partial(print, flush=True)  # status lines reach a pipe or a log
 @dataclass(frozen=True)
 class Limits:
     """Everything ``kmlp serve`` bounds, in one place. A request beyond a bound gets status 400 with
-    a message naming it; more work than ``max_pending`` gets 503 (try again)."""
+    a message naming it; more work than ``max_pending``, or a request when ``max_connections`` are
+    open and none is idle, gets 503 (try again); a request line, headers or body arriving too slowly
+    gets 408. Timeouts are in seconds."""
 
     max_body_bytes: int = 1 << 20   # one request body, 1 MiB of JSON
     max_header_bytes: int = 16_384  # request line and headers held while they arrive
@@ -62,7 +70,11 @@ class Limits:
     max_len: int = 100              # characters generated per name (an input named `max_len`)
     max_workers: int = 2            # model calls running at once, each on its own thread
     max_pending: int = 64           # requests running or waiting for a thread
-    max_connections: int = 256      # open connections (the HTTP server answers 503 beyond)
+    max_connections: int = 512      # open connections: a new one beyond closes the longest-idle one
+    keep_alive_timeout: float = 5.0  # a connection with no request, since it opened or its last answer
+    head_timeout: float = 10.0       # a request line and headers, from their first byte to their end
+    body_idle_timeout: float = 10.0  # a pause in a request body: no new bytes of it for this long
+    body_timeout: float = 60.0       # a whole request body, from the end of the headers
 
     def bounds(self) -> dict[str, tuple[int, int]]:
         """Inputs bounded by name, in any signature that has them: name -> (lowest, highest)."""
@@ -118,7 +130,11 @@ def _leaf(value, dtype, where: str, limits: Limits):
                 raise RequestError(f"{where}: unable to base64 decode {value['b64'][:40]!r}") from None
             text = data.decode("utf-8", "replace")
         elif isinstance(value, str):
-            text, data = value, value.encode("utf-8")
+            try:
+                text, data = value, value.encode("utf-8")
+            except UnicodeEncodeError as e:  # JSON can spell a lone surrogate, "\ud800"
+                raise RequestError(f"{where}: not valid Unicode (a lone surrogate at character "
+                                   f"{e.start})") from None
         else:
             raise _type_error(value, dtype, where)
         if len(text) > limits.max_chars:
@@ -133,16 +149,23 @@ def _leaf(value, dtype, where: str, limits: Limits):
             return value
         raise RequestError(f"{where}: {value} is out of range for {dtype.name}")
     elif dtype.is_floating and isinstance(value, (int, float)):
-        return value
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            raise RequestError(f"{where}: {_shown(value)} is out of range for {dtype.name}") from None
     if not (dtype.is_bool or dtype.is_integer or dtype.is_floating):
         raise RequestError(f"{where}: inputs of type {dtype.name} are not supported")
     raise _type_error(value, dtype, where)
 
 
 def _type_error(value, dtype, where: str) -> RequestError:
+    return RequestError(f"{where}: {_shown(value)} is not of expected type: {dtype.name}")
+
+
+def _shown(value) -> str:
+    """A JSON value as an error message shows it: at most 60 characters."""
     shown = json.dumps(value, ensure_ascii=False)
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return RequestError(f"{where}: {shown} is not of expected type: {dtype.name}")
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def json_to_tensor(value, spec, where: str, limits: Limits):
@@ -191,8 +214,10 @@ def to_json_values(array: np.ndarray, name: str):
 
 
 def dumps(obj) -> bytes:
-    """JSON as TensorFlow Serving writes it (NaN and Infinity as bare tokens), UTF-8."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """JSON as TensorFlow Serving writes it (NaN and Infinity as bare tokens), UTF-8. A lone
+    surrogate (from a request's text, quoted in an error) has no UTF-8: it is written as JSON's
+    own escape for it, ``\\udc80``, which ``backslashreplace`` spells alike."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
 
 
 def parse_json(body: bytes):
@@ -207,6 +232,8 @@ def parse_json(body: bytes):
         raise RequestError(f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
     except RecursionError:
         raise RequestError("JSON Parse error: nested too deeply") from None
+    except ValueError as e:  # Python's bound on the digits of an integer; the rest of its text names sys
+        raise RequestError(f"JSON Parse error: {str(e).split(':')[0]}") from None
     if not isinstance(doc, dict):
         raise RequestError("JSON Value: the request body is not a JSON object")
     return doc
@@ -605,6 +632,7 @@ def build_app(served: ServedModel, playground: Playground | None = None, limits:
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.requests import ClientDisconnect
     from starlette.responses import FileResponse, Response
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
@@ -623,6 +651,8 @@ def build_app(served: ServedModel, playground: Playground | None = None, limits:
                 return await handler(request)
             except RequestError as e:
                 return json_response({"error": str(e)}, e.status)
+            except ClientDisconnect:  # gone, or timed out by its connection: nobody listens
+                return json_response({"error": "client disconnected"}, 499)
             except Exception:
                 log.exception("error answering %s %s", request.method, request.url.path)
                 return json_response({"error": "internal error; the server's log has the details"}, 500)
@@ -676,6 +706,172 @@ def build_app(served: ServedModel, playground: Playground | None = None, limits:
     app = Starlette(routes=routes, middleware=middleware)
     app.state.work = work
     return app
+
+
+# ---------------------------------------------------------------------------------------------
+# Connections: uvicorn's HTTP/1.1 protocol, bounded in time and number
+
+
+_became_idle = itertools.count()  # the order in which connections became idle: the cap closes the lowest
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 connection, with every phase of a request bounded in time and the number of
+    open connections bounded without letting idle ones crowd out requests.
+
+    uvicorn times a connection out only while it is idle after an answer (``timeout_keep_alive``):
+    one that never sends a byte, or sends its headers or body slowly, stays open for ever; and its
+    ``limit_concurrency`` counts idle connections, so enough of them make it refuse every request.
+    Here the connection's phase decides its one timer:
+
+    - idle (nothing received since it opened or since its last answer): closed after
+      ``keep_alive_timeout``, by uvicorn's own keep-alive timer;
+    - head (part of a request line and headers received): 408 once ``head_timeout`` has passed
+      since its first byte;
+    - body (headers received, body incomplete): 408 after ``body_idle_timeout`` without a byte of
+      it, or ``body_timeout`` after the headers;
+    - busy (the application has the whole request, or is answering it): no timer.
+
+    When a connection opens beyond ``max_connections``, the longest-idle ones are closed; a request
+    that arrives while the server is still over the cap, with no idle connection left to close,
+    gets 503. A request in progress is never closed for the cap.
+    """
+
+    def __init__(self, *args, limits: Limits, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.became_idle = next(_became_idle)
+        self.phase = ""             # the phase the timers were last set for
+        self.phase_started = 0.0    # loop.time() when it began
+        self.phase_timer: asyncio.TimerHandle | None = None
+        self.application, self.app = self.app, self.answer_within_cap
+
+    # -- uvicorn's events: each may change the phase -------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.close_idle_beyond_cap()
+        self.set_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.set_timer()
+
+    def on_response_complete(self) -> None:
+        self.became_idle = next(_became_idle)
+        super().on_response_complete()
+        self.set_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.cancel_phase_timer()
+        super().connection_lost(exc)
+
+    # -- timeouts -------------------------------------------------------------------------------
+
+    def current_phase(self) -> str:
+        """"idle", "head", "body", "busy" or "closed" (see the class's docstring)."""
+        if self.transport.is_closing():
+            return "closed"
+        if self.conn.their_state is h11.SEND_BODY:  # even when answered early: the rest must come
+            return "body"
+        if self.cycle is not None and not self.cycle.response_complete:
+            return "busy"
+        if self.conn.their_state is h11.IDLE:
+            return "head" if self.conn.trailing_data[0] else "idle"
+        return "busy"  # a request whole and answered, the next not yet begun: uvicorn moves on at once
+
+    def set_timer(self) -> None:
+        """Arm the one timer that bounds the current phase. In the body phase each call (a new piece
+        of the body) restarts the pause; the head's and the body's totals run from their start."""
+        phase, now = self.current_phase(), self.loop.time()
+        if phase != self.phase:
+            self.phase, self.phase_started = phase, now
+        self.cancel_phase_timer()
+        if phase == "idle":
+            if self.timeout_keep_alive_task is None:  # uvicorn arms it only after an answer
+                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                    self.timeout_keep_alive_handler)
+            return
+        self.cancel_keep_alive_timer()
+        limits = self.limits
+        if phase == "head":
+            delay = self.phase_started + limits.head_timeout - now
+            why = f"request line and headers not received within {limits.head_timeout:g} s"
+        elif phase == "body":
+            delay = self.phase_started + limits.body_timeout - now
+            why = f"request body not received within {limits.body_timeout:g} s"
+            if limits.body_idle_timeout < delay:
+                delay = limits.body_idle_timeout
+                why = f"no bytes of the request body for {limits.body_idle_timeout:g} s"
+        else:
+            return
+        self.phase_timer = self.loop.call_later(max(delay, 0.0), self.timed_out, why)
+
+    def timed_out(self, why: str) -> None:
+        self.phase_timer = None
+        if self.phase == "body" and self.flow.read_paused:  # the server stopped reading, not the client
+            self.set_timer()
+            return
+        self.answer_and_close(408, why)
+
+    def cancel_phase_timer(self) -> None:
+        if self.phase_timer is not None:
+            self.phase_timer.cancel()
+            self.phase_timer = None
+
+    def cancel_keep_alive_timer(self) -> None:
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+
+    def answer_and_close(self, status: int, message: str) -> None:
+        """Answer ``{"error": message}`` with ``status``, unless an answer has begun, and close. An
+        application still reading the request sees the client gone, and its answer goes nowhere."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = dumps({"error": message})
+            response = h11.Response(status_code=status, headers=_json_headers(body),
+                                    reason=STATUS_PHRASES[status])
+            for event in (response, h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+    # -- the cap on open connections ------------------------------------------------------------
+
+    def close_idle_beyond_cap(self) -> bool:
+        """Close the longest-idle connections while more than ``max_connections`` are open; True if
+        the server is still over the cap (no other connection is idle)."""
+        cap = self.limits.max_connections
+        if len(self.connections) <= cap:  # the set also holds connections closing: an upper bound
+            return False
+        open_ = [c for c in self.connections if isinstance(c, BoundedH11Protocol)
+                 and not c.transport.is_closing()]
+        excess = len(open_) - cap
+        if excess <= 0:
+            return False
+        idle = [c for c in open_ if c is not self and c.current_phase() == "idle"]
+        for connection in heapq.nsmallest(excess, idle, key=lambda c: c.became_idle):
+            connection.timeout_keep_alive_handler()  # closed as uvicorn closes an idle connection
+        return excess > len(idle)
+
+    async def answer_within_cap(self, scope, receive, send) -> None:
+        """The application, unless the server is over the cap with nothing idle to close: then 503."""
+        if self.close_idle_beyond_cap():
+            body = dumps({"error": f"server busy: {self.limits.max_connections} connections open and "
+                                   f"none idle; try again"})
+            await send({"type": "http.response.start", "status": 503, "headers": _json_headers(body)})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.application(scope, receive, send)
+
+
+def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    """Headers of a JSON error answered by the connection itself, which then closes."""
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -773,12 +969,14 @@ def _stopped_by_signals(server):
 
 def server_config(app, limits: Limits = Limits()):
     """uvicorn's settings for ``app``, with the bounds of ``limits``. The HTTP parser is h11, which
-    bounds the request line and headers (httptools does not); the event loop asyncio's."""
+    bounds the size of the request line and headers (httptools does not), in
+    :class:`BoundedH11Protocol`, which adds the timeouts and the connection cap uvicorn lacks (its
+    ``limit_concurrency`` is left off: it counts idle connections); the event loop asyncio's."""
     import uvicorn
 
-    return uvicorn.Config(app, loop="asyncio", http="h11", lifespan="off", log_level="warning",
-                          access_log=False, server_header=False, timeout_keep_alive=5,
-                          timeout_graceful_shutdown=5, limit_concurrency=limits.max_connections,
+    return uvicorn.Config(app, loop="asyncio", http=functools.partial(BoundedH11Protocol, limits=limits),
+                          lifespan="off", log_level="warning", access_log=False, server_header=False,
+                          timeout_keep_alive=limits.keep_alive_timeout, timeout_graceful_shutdown=5,
                           h11_max_incomplete_event_size=limits.max_header_bytes)
 
 
