@@ -1,7 +1,7 @@
 """Time to dev loss <= 1.95 on names.txt: the `best` recipe as it was (float32 with XLA, 12,000 steps)
 against the `best` preset now, measured in one run.
 
-1. Full runs. Each recipe is trained from scratch through ``kmlp.train.train`` (what ``kmlp train
+1. Full runs. Each recipe is trained from scratch through ``kmlp.train`` (what ``kmlp train
    --preset best`` runs), one after the other. A callback notes the dev loss at every evaluation and
    the seconds since ``fit`` began, and splits the fit's time into compiled training calls, dev
    evaluations, and the rest (backups, logs). Printed per recipe: the first evaluation at or under
@@ -17,6 +17,7 @@ against the `best` preset now, measured in one run.
     python benchmarks/bench_best.py                           # both full runs and the step costs
     python benchmarks/bench_best.py --skip-full --rounds 9    # step costs only (about 2 minutes)
     python benchmarks/bench_best.py --steps 100 --target 2.8  # a short try of the whole benchmark
+    python benchmarks/bench_best.py --steps 100 --target 2.8 --n-hidden 16  # shorter: a small model
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kmlp._quiet import silence_tensorflow
+from kmlp.utils.quiet import silence_tensorflow
 
 TARGET = 1.95
 # The `best` preset before it was made faster (dev 1.9477): the same model and recipe in float32,
@@ -37,11 +38,14 @@ TARGET = 1.95
 BEFORE = dict(precision="float32", jit_compile=True, steps=12_000)
 
 
-def recipes(steps: int | None):
-    """(label, Config) of the old and the new recipe; ``steps`` replaces both step counts."""
+def recipes(steps: int | None, n_hidden: int | None = None):
+    """(label, Config) of the old and the new recipe; ``steps`` replaces both step counts, and
+    ``n_hidden`` both models' width."""
     from kmlp.config import preset
 
     new = preset("best")
+    if n_hidden:
+        new = new.replace(n_hidden=n_hidden)
     old = new.replace(**BEFORE)
     if steps:
         old, new = old.replace(steps=steps), new.replace(steps=steps)
@@ -91,7 +95,7 @@ def timeline_callback():
 
 
 def full_run(label, config, data, workdir: Path, target: float) -> dict:
-    from kmlp.train import train
+    from kmlp.training.train import train
 
     timeline = timeline_callback()
     result = train(config, data=data, out_dir=workdir / f"run-{len(os.listdir(workdir))}",
@@ -117,7 +121,7 @@ def alternated_step_rates(configs, data, chunk: int, rounds: int):
     """Medians of each configuration's steps per second of wall time and per second of this process's
     CPU time, over training calls run in alternation on the same minibatches. Other programs on the
     machine slow the first down; the second hardly moves with them."""
-    from kmlp.train import build_compiled_model
+    from kmlp.training.setup import build_compiled_model
 
     runs = []
     for config in configs:
@@ -145,16 +149,18 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=100, help="optimizer steps per timed call (default 100)")
     p.add_argument("--rounds", type=int, default=5, help="timed calls of each recipe, alternated (default 5)")
     p.add_argument("--skip-full", action="store_true", help="only the alternated step costs")
+    p.add_argument("--n-hidden", type=int, help="hidden units of both recipes' layers instead of 512 (a "
+                   "quicker try; the figures are then not the preset's)")
     args = p.parse_args(argv)
-    for name in ("chunk", "rounds", "steps"):
+    for name in ("chunk", "rounds", "steps", "n_hidden"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            p.error(f"--{name} must be a positive integer")
+            p.error(f"--{name.replace('_', '-')} must be a positive integer")
     silence_tensorflow()
-    from kmlp.data import NamesData
-    from kmlp.train import set_op_threads
+    from kmlp.data.pipeline import NamesData
+    from kmlp.training.setup import set_op_threads
 
-    (old_label, old), (new_label, new) = recipes(args.steps)
+    (old_label, old), (new_label, new) = recipes(args.steps, args.n_hidden)
     data = NamesData.for_config(args.data, old)  # both recipes: context 8, split seed 42
     set_op_threads(old, len(data.vocab))
     print(f"time to dev loss <= {args.target} on {data.path}; {os.cpu_count()} CPU cores; load average "

@@ -1,5 +1,5 @@
 """LiteRT export: the size of model.tflite and the time to generate one name with the reference loop
-(kmlp.litert, the LiteRT interpreter alone), beside one ``generate`` call on the SavedModel, timed in
+(kmlp.export.litert, the LiteRT interpreter alone), beside one ``generate`` call on the SavedModel, timed in
 turn in the same process.
 
     kmlp train --preset lecture --out /tmp/lecture --samples 0
@@ -20,16 +20,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kmlp._quiet import silence_tensorflow  # noqa: E402
+from kmlp.utils.quiet import silence_tensorflow  # noqa: E402
 
 silence_tensorflow()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kmlp.export import export_run  # noqa: E402
-from kmlp.litert import LiteRTModel, generate_names  # noqa: E402
-from kmlp.runs import load_run  # noqa: E402
+from kmlp.export.litert import LiteRTModel, generate_names  # noqa: E402
+from kmlp.export.savedmodel import export_run  # noqa: E402
+from kmlp.runs.rundir import load_run  # noqa: E402
 
 
 def percentiles(seconds: list[float]) -> str:
@@ -74,7 +74,7 @@ def main() -> None:
             invoke.append(time.perf_counter() - started)
     print(f"\none name ({args.calls} names each way, in turn; mean length {statistics.mean(lengths):.2f} "
           f"characters):")
-    print(f"  LiteRT reference loop (kmlp.litert)  {percentiles(litert)}")
+    print(f"  LiteRT reference loop (kmlp.export.litert)  {percentiles(litert)}")
     print(f"  SavedModel 'generate', in-process    {percentiles(saved)}")
     print(f"  one interpreter call, one context    {percentiles(invoke)}")
     print(f"  LiteRT / SavedModel, p50: {np.median(litert) / np.median(saved):.2f}x the time")

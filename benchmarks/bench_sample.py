@@ -3,10 +3,10 @@ and the latency of one ``generate`` call on the exported SavedModel.
 
     kmlp train --preset lecture --steps 2000 --out /tmp/lecture --quiet
     python benchmarks/bench_sample.py /tmp/lecture                 # 100,000 names, 5 repeats
-    python benchmarks/bench_sample.py /tmp/lecture --baseline 57f765f   # against an earlier sampler
+    python benchmarks/bench_sample.py /tmp/lecture --baseline HEAD~1    # against an earlier sampler
 
-``--baseline REV`` loads ``kmlp/sample.py`` as it was at git revision REV and times it side by side
-with today's, repeat by repeat in turn, so that both see the same load on the machine.
+``--baseline REV`` loads ``kmlp/generation/sample.py`` as it was at git revision REV and times it
+side by side with today's, repeat by repeat in turn, so that both see the same load on the machine.
 
 Without a run directory it builds the lecture-size model with random weights (pure speed; random
 weights end names later than trained ones, so the figure is not comparable). The lecture's loop is
@@ -29,17 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kmlp._quiet import silence_tensorflow  # noqa: E402
+from kmlp.utils.quiet import silence_tensorflow  # noqa: E402
 
 silence_tensorflow()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kmlp.data import Vocabulary  # noqa: E402
-from kmlp.model import build_model  # noqa: E402
-from kmlp.runs import load_run  # noqa: E402
-from kmlp.sample import NameModel  # noqa: E402
+from kmlp.data.vocab import Vocabulary  # noqa: E402
+from kmlp.generation.sample import NameModel  # noqa: E402
+from kmlp.models.mlp import build_model  # noqa: E402
+from kmlp.runs.rundir import load_run  # noqa: E402
 
 
 def lecture_loop(weights, block_size: int, num: int, seed: int) -> list[list[int]]:
@@ -65,14 +65,20 @@ def lecture_loop(weights, block_size: int, num: int, seed: int) -> list[list[int
     return names
 
 
+SAMPLER = "kmlp/generation/sample.py"
+
+
 def sampler_at(revision: str, directory: Path):
-    """``kmlp/sample.py`` as it was at git ``revision``, imported as a module of the kmlp package."""
+    """The sampler (:data:`SAMPLER`) as it was at git ``revision``, imported as a module of its package;
+    a revision from before the package was laid out by stage has its sampler elsewhere and is refused."""
     root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(["git", "-C", str(root), "show", f"{revision}:kmlp/sample.py"],
-                            capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(["git", "-C", str(root), "show", f"{revision}:{SAMPLER}"], capture_output=True,
+                           text=True)
+    if shown.returncode:
+        raise SystemExit(f"--baseline {revision}: no {SAMPLER} there ({shown.stderr.strip()})")
     path = directory / "sample_at_revision.py"
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("kmlp._sample_at_revision", path)
+    path.write_text(shown.stdout, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("kmlp.generation._sample_at_revision", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -94,7 +100,7 @@ def compare_with_baseline(model, vocab, revision: str, num: int, repeats: int) -
     best = {label: num / min(t) for label, t in times.items()}
     print(f"\nside by side, {num:,} names per call, {repeats} repeats each, in turn:")
     for label, t in times.items():
-        name = f"kmlp/sample.py at {revision}" if label == "before" else "kmlp/sample.py now"
+        name = f"{SAMPLER} at {revision}" if label == "before" else f"{SAMPLER} now"
         print(f"  {name:<32} median {statistics.median(t):.3f} s  {rates[label]:>10,.0f} names/s "
               f"(fastest call {best[label]:,.0f} names/s)")
     print(f"  now / {revision}: {rates['after'] / rates['before']:.2f}x names/s "
@@ -120,7 +126,7 @@ def main() -> None:
     p.add_argument("--latency-calls", type=int, default=200,
                    help="single-name generate calls on the SavedModel (default 200)")
     p.add_argument("--baseline", metavar="REV",
-                   help="also time kmlp/sample.py as it was at this git revision, side by side")
+                   help=f"also time {SAMPLER} as it was at this git revision, side by side")
     args = p.parse_args()
 
     if args.run_dir:
@@ -173,7 +179,7 @@ def main() -> None:
     # --- SavedModel latency --------------------------------------------------------------------
     if run is None:
         return
-    from kmlp.export import export_run
+    from kmlp.export.savedmodel import export_run
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_run(run, export_root=tmp)

@@ -47,8 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kmlp.data import load_words  # noqa: E402
-from kmlp.backup import Backup  # noqa: E402
+from kmlp.data.files import load_words  # noqa: E402
+from kmlp.training.backup import Backup  # noqa: E402
 
 MEMORY_FACTOR = 10          # peak RSS above the floor, in file sizes
 LOAD_SECONDS_PER_MILLION = 3.0
@@ -139,9 +139,11 @@ def child(argv: list[str]) -> int:
 
     import keras
 
-    from kmlp import cli, plots, sample
-    from kmlp import train as training
-    from kmlp.data import NamesData
+    from kmlp import plots
+    from kmlp.cli import main as cli
+    from kmlp.data.pipeline import NamesData
+    from kmlp.generation import sample
+    from kmlp.training import results, train as training
 
     def clocked(owner, name: str, phase: str, method: bool = False):
         original = getattr(owner, name)
@@ -173,7 +175,7 @@ def child(argv: list[str]) -> int:
             clocks["steps"] = int(self.model.optimizer.iterations.numpy())
 
     clocked(NamesData, "for_config", "load", method=True)
-    clocked(training, "evaluate_loss", "final train and dev losses")
+    clocked(results, "evaluate_loss", "final train and dev losses")
     clocked(keras.Model, "save", "saving the model")
     clocked(plots, "plot_training", "pictures")
     clocked(sample, "sample_names", "sampling names")
@@ -219,7 +221,7 @@ def load_only(path: Path) -> dict:
     memory just before loading (Python, numpy and kmlp imported), so that the difference is what
     reading the file and building the splits cost at their height."""
     code = ("import sys, os, time, json; sys.path.insert(0, sys.argv[2]); from kmlp.config import preset;"
-            "from kmlp.data import NamesData;"
+            "from kmlp.data.pipeline import NamesData;"
             "start = int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE');"
             "t, c = time.perf_counter(), time.process_time();"
             "d = NamesData.for_config(sys.argv[1], preset('default'));"
@@ -351,7 +353,7 @@ def verdict(checks: list[bool]) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        from kmlp._quiet import silence_tensorflow
+        from kmlp.utils.quiet import silence_tensorflow
 
         silence_tensorflow()
         sys.exit(child(sys.argv[2:]))

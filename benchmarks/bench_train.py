@@ -3,7 +3,7 @@
 Throughput (default): the lecture's recipe (block_size 3, n_embd 10, n_hidden 200, batch 32, SGD at
 0.1 then 0.01 for the second half) for --steps steps, --repeats times each, trained
 
-  * with kmlp, through the documented API: ``kmlp.train.train(Config(...))``, which is what
+  * with kmlp, through the documented API: ``kmlp.train(Config(...))``, which is what
     ``kmlp train --preset lecture`` runs (tf.data pipeline, ``model.fit``, XLA-compiled steps);
   * with the lecture's plain PyTorch loop (benchmarks/torch_lecture.py) on the same splits.
 
@@ -40,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # torch_lecture, beside this file
 
-from kmlp._quiet import silence_tensorflow  # noqa: E402
+from kmlp.utils.quiet import silence_tensorflow  # noqa: E402
 
 TARGET = 2.17
 
@@ -67,16 +67,16 @@ def lecture_config(steps: int, seed: int):
 
 def lecture_data(data_path, seed: int):
     """The splits and examples kmlp's run trains on, for the PyTorch loop."""
-    from kmlp.data import NamesData
+    from kmlp.data.pipeline import NamesData
 
     return NamesData.for_config(data_path, lecture_config(2, seed))
 
 
 def kmlp_run(steps: int, data_path, workdir: Path, seed: int):
-    """One lecture-recipe run through ``kmlp.train.train``; returns (metrics, FitTimer)."""
+    """One lecture-recipe run through ``kmlp.train``; returns (metrics, FitTimer)."""
     import keras
 
-    from kmlp.train import train
+    from kmlp.training.train import train
 
     class FitTimer(keras.callbacks.Callback):
         """Times fit's compiled training calls: the first one (tracing, XLA compilation and its

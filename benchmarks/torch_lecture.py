@@ -44,7 +44,7 @@ def train_lecture(data, steps: int = 200_000, n_embd: int = 10, n_hidden: int = 
                   batch_size: int = 32, lr: float = 0.1, decay_at: int | None = None,
                   seed: int = 2147483647, threads: int = 1, eval_every: int = 0,
                   target: float | None = None) -> TorchResult:
-    """Train the lecture's MLP on ``data`` (a ``kmlp.data.NamesData``) for ``steps`` steps.
+    """Train the lecture's MLP on ``data`` (a ``kmlp.NamesData``) for ``steps`` steps.
 
     The rate is ``lr`` until ``decay_at`` (default: half way), then ``lr / 10``. With ``eval_every``
     the dev loss is computed every that many steps (outside the timed part) and the first step and

@@ -9,8 +9,20 @@ Probabilistic Language Model", as built in the "makemore, part 2" lecture, the K
               validation_data=data.dataset("dev", 4096))
 
 Names are imported on first use, so ``import kmlp`` (and ``kmlp --help``) does not load TensorFlow.
-The functions named like their modules are imported from them: ``from kmlp.train import train``,
-``from kmlp.lr_find import lr_find``, ``from kmlp.tune import tune`` (``kmlp.train`` is the module).
+The package is laid out as the pipeline runs, each stage a subpackage that imports only the ones
+above it in this list:
+
+    errors.py, config.py, utils/   every error the CLI reports; Config, presets, option rules
+    data/                          names files -> vocabulary -> splits -> tf.data minibatches
+    models/                        the Keras functional model
+    runs/                          a run folder on disk: what kmlp wrote, its lock, loading it back
+    generation/                    sampling and scoring names
+    plots.py                       pictures of a training and of the embeddings
+    training/                      fit, time budgets, callbacks, backups, several workers,
+                                   TensorBoard logs, the learning-rate range test, tuning
+    export/                        SavedModel and LiteRT
+    serving/                       TensorFlow Serving's REST API and the playground page
+    cli/                           the ``kmlp`` command, a thin layer over all of the above
 """
 
 import importlib
@@ -18,18 +30,28 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "config": ["PRESETS", "Config", "ConfigError", "load_config_file", "preset"],
-    "data": ["DataError", "NamesData", "Vocabulary", "build_dataset", "load_words", "make_dataset",
-             "split_words"],
-    "model": ["CharMLP", "build_model", "compile_model", "make_optimizer"],
-    "callbacks": ["CosineDecay", "ElapsedTime", "LRFinder", "LossCurve", "Progress", "StepDecay", "StepTimer",
-                  "TensorBoard"],
-    "lr_find": ["LRFindResult"],
-    "runs": ["Run", "RunError", "load_run"],
-    "train": ["Setup", "TrainingDiverged", "TrainResult", "build_compiled_model", "evaluate_loss",
-              "make_strategy", "plan_training", "prepare"],
-    "sample": ["NameModel", "sample_names", "score_names"],
-    "export": ["export_run"],
+    "config": ["PRESETS", "Config", "load_config_file", "preset"],
+    "errors": ["ConfigError", "DataError", "RunError", "TrainingDiverged"],
+    "data.files": ["load_words"],
+    "data.vocab": ["Vocabulary"],
+    "data.splits": ["split_words"],
+    "data.pipeline": ["NamesData", "build_dataset", "make_dataset"],
+    "models.mlp": ["CharMLP", "build_model", "compile_model", "make_optimizer"],
+    "training.callbacks.schedules": ["CosineDecay", "StepDecay"],
+    "training.callbacks.loss_curve": ["LossCurve"],
+    "training.callbacks.tensorboard": ["TensorBoard"],
+    "training.callbacks.timing": ["ElapsedTime", "StepTimer"],
+    "training.callbacks.progress": ["Progress"],
+    "training.callbacks.lr_finder": ["LRFinder"],
+    "training.lr_find": ["LRFindResult", "lr_find", "range_test"],
+    "training.setup": ["Setup", "build_compiled_model", "evaluate_loss", "make_strategy", "plan_training",
+                       "prepare"],
+    "training.results": ["TrainResult"],
+    "training.train": ["train"],
+    "training.tune": ["tune"],
+    "runs.rundir": ["Run", "load_run"],
+    "generation.sample": ["NameModel", "sample_names", "score_names"],
+    "export.savedmodel": ["export_run"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
@@ -37,7 +59,7 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name):
     if name in _WHERE:
-        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'kmlp' has no attribute {name!r}")

@@ -13,10 +13,7 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-
-class ConfigError(ValueError):
-    """A configuration value is out of range; the message names the option."""
-
+from kmlp.errors import ConfigError
 
 MAX_SEED = 2**32 - 1  # what numpy's and Python's generators (seeded by keras.utils.set_random_seed) take
 
@@ -62,7 +59,7 @@ def _choices(options) -> str:
 def check_model_options(block_size=3, n_embd=10, n_hidden=200, n_layers=1, dropout=0.0, rdrop=0.0,
                         norm="none", init="glorot", precision="float32") -> None:
     """The rules for the model's shape and regularisation, for :meth:`Config.validate` and
-    :func:`kmlp.model.build_model` alike; :class:`ConfigError` names the flag."""
+    :func:`kmlp.models.mlp.build_model` alike; :class:`ConfigError` names the flag."""
     for flag, value in (("--block-size", block_size), ("--n-embd", n_embd), ("--n-hidden", n_hidden),
                         ("--n-layers", n_layers)):
         check_positive_int(value, flag)
@@ -82,7 +79,7 @@ def check_model_options(block_size=3, n_embd=10, n_hidden=200, n_layers=1, dropo
 
 
 def check_optimizer_options(optimizer="sgd", lr=0.1, weight_decay=0.0) -> None:
-    """The rules for the optimizer, for :meth:`Config.validate` and :func:`kmlp.model.make_optimizer`."""
+    """The rules for the optimizer, for :meth:`Config.validate` and :func:`kmlp.models.mlp.make_optimizer`."""
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"--optimizer must be {_choices(OPTIMIZERS)}, got {optimizer!r}")
     check_positive_number(lr, "--lr")
@@ -91,7 +88,8 @@ def check_optimizer_options(optimizer="sgd", lr=0.1, weight_decay=0.0) -> None:
 
 
 def check_range_test(start_lr, end_lr, num_steps) -> None:
-    """The rules for the learning-rate range test (``kmlp lr-find``, :class:`kmlp.callbacks.LRFinder`)."""
+    """The rules for the learning-rate range test (``kmlp lr-find``,
+    :class:`kmlp.training.callbacks.lr_finder.LRFinder`)."""
     check_positive_number(start_lr, "--start-lr")
     check_positive_number(end_lr, "--end-lr")
     if end_lr <= start_lr:
@@ -122,7 +120,7 @@ SEARCH_ALGORITHMS = ("hyperband", "random")
 
 
 def check_search(max_trials, max_minutes, steps, seed, algorithm) -> None:
-    """The rules for a hyperparameter search (``kmlp tune``, :func:`kmlp.tune.tune`)."""
+    """The rules for a hyperparameter search (``kmlp tune``, :func:`kmlp.training.tune.tune`)."""
     check_positive_int(max_trials, "--max-trials")
     check_positive_number(max_minutes, "--max-minutes")
     check_positive_int(steps, "--steps")
@@ -165,6 +163,9 @@ class Config:
                                  # runs with different seeds are scored on the same dev names
     steps_per_call: int = 0      # optimizer steps per compiled call; 0 picks one
     jit_compile: bool = True     # compile the training step with XLA
+
+    def __post_init__(self):
+        self.validate()  # a Config is checked once, where it is made: everything downstream trusts it
 
     def validate(self) -> "Config":
         """This configuration, if every value is in range; else :class:`ConfigError` naming the flag."""

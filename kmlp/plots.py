@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import atomic_open
+from kmlp.utils.atomic import atomic_open
+from kmlp.utils.numeric import centred_average, project_2d
 
 LOSS_PLOT = "loss.png"
 EMBEDDING_PLOT = "embedding.png"
@@ -44,7 +45,7 @@ def _tidy(ax) -> None:
 
 
 def save_figure(fig, path) -> Path:
-    """Write ``fig`` as a PNG, whole or not at all (see :func:`kmlp.runs.atomic_open`)."""
+    """Write ``fig`` as a PNG, whole or not at all (see :func:`kmlp.utils.atomic.atomic_open`)."""
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120)
     return Path(path)
@@ -54,7 +55,7 @@ def plot_loss(path, steps, losses, dev_steps=(), dev_losses=(), rates=None, titl
               ) -> Path:
     """The training curve as in the lecture: log10 of the loss against the optimizer step.
 
-    ``steps``/``losses`` are the training points (e.g. from :class:`kmlp.callbacks.LossCurve`),
+    ``steps``/``losses`` are the training points (e.g. from :class:`kmlp.training.callbacks.loss_curve.LossCurve`),
     ``dev_steps``/``dev_losses`` the evaluations on dev, ``rates`` (one per training point) the
     learning rate, drawn in a panel underneath when given.
     """
@@ -107,23 +108,6 @@ def _thousands():
     from matplotlib.ticker import FuncFormatter
 
     return FuncFormatter(lambda x, _: f"{x:,.0f}")
-
-
-def project_2d(embeddings) -> tuple[np.ndarray, str, str]:
-    """``(points [V, 2], x label, y label)``: the first two dimensions when there are two, else the
-    first two principal components (SVD of the centred table)."""
-    table = np.asarray(embeddings, dtype=np.float64)
-    if table.ndim != 2 or table.shape[0] < 1:
-        raise ValueError(f"expected an embedding table [vocab, dims], got shape {table.shape}")
-    if table.shape[1] == 1:
-        return np.column_stack([table[:, 0], np.zeros(len(table))]), "dimension 1", ""
-    if table.shape[1] == 2:
-        return table.copy(), "dimension 1", "dimension 2"
-    centred = table - table.mean(axis=0)
-    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-    share = singular ** 2 / max(float((singular ** 2).sum()), 1e-30)
-    points = centred @ vt[:2].T
-    return points, f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%} of variance)"
 
 
 def char_class(char: str) -> str:
@@ -275,10 +259,8 @@ def _free(box, placed, dots, dot_radius, frame) -> bool:
 
 
 def plot_lr_find(path, result, title: str | None = None) -> Path:
-    """The range test (a :class:`kmlp.lr_find.LRFindResult`): raw and smoothed loss against log10 of
+    """The range test (a :class:`kmlp.training.lr_find.LRFindResult`): raw and smoothed loss against log10 of
     the rate, with the floor of the curve and the suggested rate marked."""
-    from .lr_find import centred_average
-
     log_rates = np.log10(np.asarray(result.rates, dtype=float))
     raw = np.asarray(result.losses, dtype=float)
     smoothed = np.asarray(result.smoothed, dtype=float)
@@ -316,8 +298,8 @@ def plot_training(run_dir, model, vocab, curve, history_csv, steps_per_epoch: in
                   title: str | None = None) -> list[Path]:
     """Draw ``loss.png`` and ``embedding.png`` of a trained model into ``run_dir``.
 
-    ``curve`` is the :class:`kmlp.callbacks.LossCurve` that watched ``fit``; the dev losses come from
-    the history CSV (one row per evaluation, ``epoch`` counted from 0), which also covers epochs
+    ``curve`` is the :class:`kmlp.training.callbacks.loss_curve.LossCurve` that watched ``fit``; the
+    dev losses come from the history CSV (one row per evaluation, ``epoch`` counted from 0), which also covers epochs
     run before a resume.
     """
     import csv

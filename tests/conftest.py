@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from kmlp._quiet import silence_tensorflow
+from kmlp.utils.quiet import silence_tensorflow
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_NAMES = ROOT.parent / "shared" / "data" / "names.txt"
@@ -44,14 +45,44 @@ def tiny_names_file(tmp_path) -> Path:
 def train_tiny_run(root: Path):
     """Train a small model on TINY_WORDS for 60 steps into ``root/run`` and load it back."""
     from kmlp.config import Config
-    from kmlp.runs import load_run
-    from kmlp.train import train
+    from kmlp.runs.rundir import load_run
+    from kmlp.training.train import train
 
     words = root / "tiny.txt"
     words.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
     config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3)
     train(config, data_path=words, out_dir=root / "run", verbose=0, log=lambda *_: None)
     return load_run(root / "run")
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory) -> Path:
+    """The run :func:`train_tiny_run` writes, trained once for the session: read it as it is, and
+    change only a copy of it (:func:`copy_run`)."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny")).path
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+# A small model with batch norm, dropout and R-Drop that learns names.txt in seconds: the training that
+# the integration tests share (names_run) or repeat on other strategies (mirrored, multi-worker).
+NAMES_RUN_FLAGS = ["--block-size", "3", "--n-embd", "8", "--n-hidden", "32", "--norm", "batch", "--dropout", "0.1",
+                   "--rdrop", "1", "--batch-size", "64", "--steps", "300", "--steps-per-call", "100",
+                   "--optimizer", "adam", "--lr", "0.01", "--decay-at", "none"]
+
+
+@pytest.fixture(scope="session")
+def names_run(names_path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``kmlp train NAMES_RUN_FLAGS --samples 5`` on the real names.txt, in a fresh process as a user
+    runs it, once for the session: (the run folder, the finished process)."""
+    out = tmp_path_factory.mktemp("names") / "run"
+    trained = run_cli("train", "--data", names_path, "--out", out, *NAMES_RUN_FLAGS, "--samples", "5")
+    if trained.returncode:
+        pytest.fail(f"kmlp train on names.txt failed:\n{trained.stderr[-3000:]}")
+    return out, trained
 
 
 def run_cli(*args, cwd=None, timeout=600, env_extra=None) -> subprocess.CompletedProcess:

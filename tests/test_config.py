@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from kmlp import runs
-from kmlp.config import (MAX_SEED, PRESETS, Config, ConfigError, check_range_test, check_search, check_seed,
+from kmlp.config import (MAX_SEED, PRESETS, Config, check_range_test, check_search, check_seed,
                          load_config_file, preset)
+from kmlp.errors import ConfigError
+from kmlp.utils import atomic
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -31,7 +32,7 @@ def test_unknown_preset_is_a_clear_error():
 def test_a_config_file_sets_what_it_holds_over_a_base(tmp_path):
     tuned = preset("default").replace(n_layers=2, norm="layer", dropout=0.1, weight_decay=0.01, lr=2e-3)
     path = tmp_path / "tuned.json"
-    runs.write_json(path, tuned.to_dict())
+    atomic.write_json(path, tuned.to_dict())
     assert load_config_file(path) == tuned == load_config_file(path, base=preset("lecture"))
     partial = tmp_path / "partial.json"
     partial.write_text('{"dropout": 0.25}')
@@ -60,7 +61,7 @@ def test_bad_config_file_names_the_file(tmp_path, text, message):
 def test_the_split_seed_is_its_own_option():
     assert Config(seed=7).split_seed == 42
     assert Config.from_dict({"seed": 7, "split_seed": 3}).split_seed == 3
-    assert Config.from_dict({"seed": 7}).split_seed == 42  # (old run files: see kmlp.runs.load_run)
+    assert Config.from_dict({"seed": 7}).split_seed == 42  # (old run files: see kmlp.runs.rundir.load_run)
 
 
 @pytest.mark.parametrize("changes, message", [

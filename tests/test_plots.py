@@ -4,11 +4,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from kmlp.config import Config
-from kmlp.lr_find import LRFindResult
 from kmlp.plots import (CLASS_COLORS, char_class, embedding_figure, plot_embedding, plot_loss, plot_lr_find,
-                        project_2d, save_figure, shown_label)
-from kmlp.train import train
+                        save_figure, shown_label)
+from kmlp.training.lr_find import LRFindResult
+from kmlp.utils.numeric import project_2d
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -120,9 +119,6 @@ def test_lr_find_plot_is_a_valid_png(tmp_path):
     assert_png(plot_lr_find(tmp_path / "lr_find.png", result))
 
 
-def test_train_writes_loss_and_embedding_pictures_into_the_run(tiny_names_file, tmp_path):
-    config = Config(block_size=3, n_embd=2, n_hidden=16, batch_size=8, steps=60, decay_at=[30],
-                    steps_per_call=10)
-    train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", verbose=0, log=lambda *_: None)
-    assert_png(tmp_path / "run" / "loss.png")
-    assert_png(tmp_path / "run" / "embedding.png")
+def test_train_writes_loss_and_embedding_pictures_into_the_run(tiny_run_dir):
+    assert_png(tiny_run_dir / "loss.png")
+    assert_png(tiny_run_dir / "embedding.png")

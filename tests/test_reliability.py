@@ -4,7 +4,7 @@ repeatability and the mirrored strategy, met the way a user meets them: through 
 Errors must be one line on stderr, ``kmlp: error: ...``, naming the file (and line), exit status 2,
 no traceback, and nothing saved before may be lost. Commands run through ``kmlp.cli.main`` in this
 process, except where a fresh process is the point (kill -9, logical devices, repeatability).
-(Flag mistakes and output folders: tests/test_cli.py; damaged runs: tests/test_runs.py.)
+(Flag mistakes and output folders: tests/cli/test_main.py; damaged runs: tests/runs/test_folders.py.)
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -20,14 +19,15 @@ import time
 
 import keras
 import pytest
-from conftest import ROOT, TINY_WORDS, run_cli
+from conftest import NAMES_RUN_FLAGS, ROOT, TINY_WORDS, copy_run, run_cli
 
-from kmlp import backup as backups
-from kmlp import cli, runs
-from kmlp.config import Config
-from kmlp.data import MAX_NAME_LENGTH, MIN_DISTINCT_NAMES, NamesData, Vocabulary, build_dataset, load_words
-from kmlp.runs import load_run
-from kmlp.train import train
+from kmlp.cli import main as cli
+from kmlp.data.files import MAX_NAME_LENGTH, load_words
+from kmlp.data.pipeline import MIN_DISTINCT_NAMES, NamesData, build_dataset
+from kmlp.data.vocab import Vocabulary
+from kmlp.runs.rundir import load_run
+from kmlp.training import backup as backups
+from kmlp.training.train import train
 
 TINY_MODEL = ["--block-size", "3", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8",
               "--steps", "40", "--decay-at", "none", "--optimizer", "adam", "--lr", "0.01"]
@@ -56,25 +56,6 @@ def write_bytes(tmp_path, name, data: bytes):
     path = tmp_path / name
     path.write_bytes(data)
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A small trained run directory (trained once for the module)."""
-    folder = tmp_path_factory.mktemp("tiny_run")
-    data = folder / "tiny.txt"
-    data.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
-    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=40, decay_at=[],
-                    optimizer="adam", lr=0.01)
-    train(config, data_path=data, out_dir=folder / "run", verbose=0, log=lambda *_: None)
-    return folder / "run"
-
-
-def copy_run(run_dir, dest):
-    import shutil
-
-    shutil.copytree(run_dir, dest)
-    return dest
 
 
 def files(run_dir) -> dict:
@@ -189,9 +170,9 @@ def test_train_and_sample_on_a_file_with_every_accepted_oddity(tmp_path, capsys)
     assert code == 0, err
 
 
-def test_evaluating_on_a_file_with_unknown_characters_names_the_line(tiny_run, tmp_path, capsys):
+def test_evaluating_on_a_file_with_unknown_characters_names_the_line(tiny_run_dir, tmp_path, capsys):
     path = write_bytes(tmp_path, "other.txt", "emma\n\nava\nzoë\n".encode())
-    result = main_in_process(capsys, "evaluate", tiny_run, "--data", path)
+    result = main_in_process(capsys, "evaluate", tiny_run_dir, "--data", path)
     assert_one_line_error(result, f"{path}:4:", "ë")
 
 
@@ -199,8 +180,8 @@ def test_evaluating_on_a_file_with_unknown_characters_names_the_line(tiny_run, t
 # Faults: a crash while saving, divergence, kill -9 and --resume
 
 
-def test_crash_while_saving_leaves_the_previous_model_intact(tiny_run, tmp_path, monkeypatch):
-    run_dir = copy_run(tiny_run, tmp_path / "run")
+def test_crash_while_saving_leaves_the_previous_model_intact(tiny_run_dir, tmp_path, monkeypatch):
+    run_dir = copy_run(tiny_run_dir, tmp_path / "run")
     before = files(run_dir)
     data_file = tmp_path / "tiny.txt"
     data_file.write_text("\n".join(TINY_WORDS), encoding="utf-8")
@@ -211,7 +192,7 @@ def test_crash_while_saving_leaves_the_previous_model_intact(tiny_run, tmp_path,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(keras.Model, "save", save_half_then_fail)
-    config = load_run(run_dir).config.replace(steps=20, seed=7)
+    config = load_run(run_dir).config.replace(steps=20, decay_at=[], seed=7)
     with pytest.raises(OSError, match="No space left"):
         train(config, data_path=data_file, out_dir=run_dir, verbose=0, log=lambda *_: None)
     assert files(run_dir) == before
@@ -225,8 +206,8 @@ def test_crash_while_saving_leaves_the_previous_model_intact(tiny_run, tmp_path,
     assert load_run(run_dir).config.seed == 7 and not (tmp_path / ".run.backup").exists()
 
 
-def test_a_run_that_diverges_keeps_the_good_model_it_would_replace(tiny_run, tmp_path, capsys):
-    run_dir = copy_run(tiny_run, tmp_path / "run")
+def test_a_run_that_diverges_keeps_the_good_model_it_would_replace(tiny_run_dir, tmp_path, capsys):
+    run_dir = copy_run(tiny_run_dir, tmp_path / "run")
     before = files(run_dir)
     data_file = load_run(run_dir).data_path
     result = main_in_process(capsys, "train", "--data", data_file, "--out", run_dir, *TINY_MODEL,
@@ -243,11 +224,12 @@ def history(run_dir):
 
 @pytest.mark.integration
 def test_kill_9_then_resume_finishes_as_an_uninterrupted_run_would(names_path, tmp_path, capsys):
-    data_file = tmp_path / "names_4k.txt"  # big enough for a few seconds of training, several epochs
-    data_file.write_text("\n".join(names_path.read_text().split()[:4000]), encoding="utf-8")
+    data_file = tmp_path / "names_2k.txt"  # big enough for several epochs of a few seconds in all
+    data_file.write_text("\n".join(names_path.read_text().split()[:2000]), encoding="utf-8")
+    # without XLA, whose compiling would take longer than the training (resumes with it: test_logs.py)
     args = ["train", "--data", data_file, "--block-size", "3", "--n-embd", "8", "--n-hidden", "64",
-            "--batch-size", "64", "--steps", "2000", "--optimizer", "adam", "--lr", "0.01",
-            "--decay-at", "1000", "--samples", "5", "--quiet"]
+            "--batch-size", "64", "--steps", "1000", "--optimizer", "adam", "--lr", "0.01",
+            "--decay-at", "500", "--samples", "5", "--quiet", "--no-jit"]
     out = tmp_path / "run"
     backup = backups.backup_dir(out)
     proc = subprocess.Popen([sys.executable, "-m", "kmlp", *map(str, args), "--out", str(out)], cwd=ROOT,
@@ -263,11 +245,11 @@ def test_kill_9_then_resume_finishes_as_an_uninterrupted_run_would(names_path, t
     assert not out.exists()
 
     assert_one_line_error(main_in_process(capsys, *args, "--out", out), backup, "--resume")
-    resumed = run_cli(*args, "--out", out, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stdout
+    capsys.readouterr()
+    assert cli.main([str(a) for a in (*args, "--out", out, "--resume")]) == 0
+    assert "resuming from" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 2000 and metrics["resumed_at_step"] > 0
+    assert metrics["steps"] == 1000 and metrics["resumed_at_step"] > 0
     assert not backup.exists() and not list(tmp_path.glob(".run.*"))
 
     code, err = main_in_process(capsys, *args, "--out", tmp_path / "uninterrupted")
@@ -297,16 +279,13 @@ def test_same_seed_and_configuration_give_identical_losses_and_names(tiny_names_
 
 
 @pytest.mark.integration
-def test_mirrored_strategy_on_two_logical_cpus_trains_as_well(names_path, tmp_path, capsys):
-    args = ["train", "--data", names_path, "--block-size", "3", "--n-embd", "8", "--n-hidden", "64",
-            "--batch-size", "128", "--steps", "400", "--optimizer", "adam", "--lr", "0.01",
-            "--decay-at", "none", "--samples", "0", "--quiet"]
-    mirrored = run_cli(*args, "--out", tmp_path / "mirrored", "--strategy", "mirrored", "--devices", "2")
+def test_mirrored_strategy_on_two_logical_cpus_trains_as_well(names_path, names_run, tmp_path):
+    """The same training as names_run (the default strategy), on two logical CPUs."""
+    mirrored = run_cli("train", "--data", names_path, *NAMES_RUN_FLAGS, "--samples", "0", "--quiet",
+                       "--out", tmp_path / "mirrored", "--strategy", "mirrored", "--devices", "2")
     assert mirrored.returncode == 0, mirrored.stderr
     assert "2 devices" in mirrored.stdout
-    code, err = main_in_process(capsys, *args, "--out", tmp_path / "default")
-    assert code == 0, err
-    dev = {name: json.loads((tmp_path / name / "metrics.json").read_text())["dev_loss"]
-           for name in ("mirrored", "default")}
+    dev = {name: json.loads((out / "metrics.json").read_text())["dev_loss"]
+           for name, out in (("mirrored", tmp_path / "mirrored"), ("default", names_run[0]))}
     assert all(math.isfinite(v) and v < 2.6 for v in dev.values()), dev
     assert abs(dev["mirrored"] - dev["default"]) < 0.05, dev

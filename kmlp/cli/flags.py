@@ -1,0 +1,118 @@
+"""The flags every command that builds a model shares, and the configuration they give.
+
+A configuration is a preset, then the options a ``--config`` file sets, then every flag given on the
+command line (:func:`config_from_args`); ``kmlp train`` adds its rules for how long a run trains
+(:func:`train_config_from_args`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kmlp.errors import UsageError
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """Data, model and optimisation flags, shared by every command that builds and trains a model."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH", help="names file, one per line (default: data/names.txt, "
+                   "downloaded and verified if missing)")
+    g.add_argument("--seed", type=int, help="seed for initial weights, dropout and data order (default 42)")
+    g.add_argument("--split-seed", type=int, help="seed that picks which names go to train/dev/test "
+                   "(default 42; keep it to compare runs)")
+    g = p.add_argument_group("configuration (flags override --config, which overrides --preset)")
+    g.add_argument("--preset", help="named configuration: lecture (the lecture's recipe, exactly), default "
+                   "(the recipe of best in float32, 4,500 steps), fast (dev loss under 2.17 in seconds), best "
+                   "(dev loss under 1.95 in the least time found; bfloat16 products) (default: default)")
+    g.add_argument("--config", metavar="FILE", help="JSON configuration, e.g. written by kmlp tune")
+    g = p.add_argument_group("model")
+    g.add_argument("--block-size", type=int, help="characters of context (lecture: 3)")
+    g.add_argument("--n-embd", type=int, help="embedding size per character (lecture: 10)")
+    g.add_argument("--n-hidden", type=int, help="units in each hidden tanh layer (lecture: 200)")
+    g.add_argument("--n-layers", type=int, help="number of hidden tanh layers (lecture: 1)")
+    g.add_argument("--dropout", type=float, help="dropout rate after each hidden layer (default 0)")
+    g.add_argument("--rdrop", type=float, metavar="WEIGHT",
+                   help="R-Drop: run each minibatch twice with different dropout masks and add WEIGHT "
+                        "times the symmetric KL divergence between the two predictions to the loss; "
+                        "about twice the time per step (default 0: off)")
+    g.add_argument("--norm", choices=["none", "batch", "layer"], help="normalisation before each tanh")
+    g.add_argument("--init", choices=["glorot", "normal"],
+                   help="initial dense weights: glorot (default) or normal, N(0, 1) as in the lecture")
+    g.add_argument("--precision", choices=["float32", "mixed_bfloat16"],
+                   help="float32 (default), or mixed_bfloat16: float32 weights, logits and loss, bfloat16 "
+                        "matrix products (faster on CPUs with bfloat16 instructions, with --no-jit)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, help="examples per optimizer step (lecture: 32)")
+    g.add_argument("--steps", type=int, help="optimizer steps (lecture: 200000)")
+    g.add_argument("--epochs", type=int, help="passes over the train split, instead of --steps")
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer (lecture: sgd)")
+    g.add_argument("--lr", type=float, help="initial learning rate (lecture: 0.1)")
+    g.add_argument("--weight-decay", type=float,
+                   help="decoupled weight decay, applied by every optimizer (adam with it is adamw; "
+                        "0 for none)")
+    g.add_argument("--decay-at", metavar="STEPS", type=_step_list,
+                   help="comma-separated steps at which the rate is multiplied by --decay-factor "
+                        "(lecture: 100000); 'none' for a constant rate")
+    g.add_argument("--decay-factor", type=float, help="factor applied at each --decay-at step (lecture: 0.1)")
+    g.add_argument("--schedule", choices=["step", "cosine"],
+                   help="step: cut at --decay-at (default); cosine: half a cosine from --lr down to 0")
+    g.add_argument("--plateau-patience", type=int, metavar="N",
+                   help="also multiply the rate by --decay-factor whenever dev loss has not improved "
+                        "for N evaluations (default 0: off)")
+    g.add_argument("--steps-per-call", type=int,
+                   help="optimizer steps run per compiled call (default: chosen to fit steps and milestones)")
+    g.add_argument("--jit", dest="jit_compile", action="store_const", const=True,
+                   help="compile the training step with XLA (the default, but not in the best and fast presets)")
+    g.add_argument("--no-jit", dest="jit_compile", action="store_const", const=False,
+                   help="do not compile the training step with XLA")
+
+
+def _step_list(text: str) -> list[int]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [int(s.replace("_", "")) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated step counts, got {text!r}") from None
+
+
+def config_from_args(args):
+    """Config = preset, then the options --config FILE sets, then every flag given on the command line."""
+    from kmlp.config import Config, load_config_file, preset
+
+    config = preset(args.preset or "default")
+    if args.config:
+        config = load_config_file(args.config, base=config)
+    names = [f for f in Config.__dataclass_fields__ if getattr(args, f, None) is not None]
+    config = config.replace(**{f: getattr(args, f) for f in names})
+    if args.epochs is not None:
+        config = config.replace(steps=None)
+    if args.steps is not None or args.epochs is not None:  # a length flag replaces a file's --minutes
+        config = config.replace(minutes=None)
+    return config
+
+
+# How long `kmlp train` trains when nothing says how long: a time budget, so that a newcomer's first
+# run ends in the same time on any machine (a number of steps takes what the machine makes of it).
+DEFAULT_MINUTES = 3.0
+
+
+def train_config_from_args(args):
+    """:func:`config_from_args`, with the length rules of ``kmlp train``: ``--minutes`` or
+    ``--steps``/``--epochs``, never both; with no --preset, --config or length at all,
+    :data:`DEFAULT_MINUTES`."""
+    if args.minutes is not None and (args.steps is not None or args.epochs is not None):
+        raise UsageError("--minutes and --steps/--epochs both set how long the run trains; give one "
+                         "(a --minutes run records in metrics.json the --steps that repeat it exactly)")
+    config = config_from_args(args)
+    if args.minutes is None and args.steps is None and args.epochs is None and args.preset is None \
+            and args.config is None:
+        return config.replace(minutes=DEFAULT_MINUTES)
+    return config
+
+
+def add_run_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand that works on a trained run: its parser, with the run folder as first argument."""
+    p = sub.add_parser(name, **kwargs)
+    p.add_argument("run_dir", metavar="DIR", help="run directory written by kmlp train")
+    return p

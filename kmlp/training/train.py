@@ -1,0 +1,102 @@
+"""Training: a Config and a names file in, a run directory out.
+
+:func:`train` prepares the run (:func:`kmlp.training.setup.prepare`), plans it to a time budget if
+asked (:mod:`kmlp.training.budget`), fits on the train split with the dev split as validation and
+a backup of every epoch (:mod:`kmlp.training.backup`), evaluates both, and writes the run
+directory (see :mod:`kmlp.runs.run`) only once everything has succeeded.
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import tensorflow as tf
+
+from kmlp.config import Config
+from kmlp.data.pipeline import NamesData
+from kmlp.runs import folders, rundir
+from kmlp.runs.lock import RunLock
+from kmlp.training import backup as backups, distributed, logs
+from kmlp.training.budget import fit_to_budget
+from kmlp.training.callbacks.progress import Progress
+from kmlp.training.results import TrainResult, check_diverged, data_location, fit_verdict, measure, save_run
+from kmlp.training.setup import EVAL_BATCH, evaluate_loss, prepare
+
+
+def train(config: Config, data_path=None, out_dir=None, preset_name: str | None = None,
+          callbacks=(), verbose: int = 1, log=print, data: NamesData | None = None,
+          resume: bool = False, strategy: tf.distribute.Strategy | None = None,
+          started: float | None = None) -> "TrainResult":
+    """Train a model as configured and write its run directory; returns the result.
+
+    ``data`` is the already loaded ``data_path``, if the caller has it. ``callbacks`` are extra Keras
+    callbacks for ``model.fit``. ``out_dir`` (default ``saved_models/<preset>``) may be new, empty or
+    an earlier run, which is replaced (its exports are kept); anything else is refused before any
+    work, and one process at a time writes it (:class:`kmlp.runs.lock.RunLock`). Raises
+    :class:`TrainingDiverged`, saving nothing, if the loss blows up.
+
+    Every epoch is backed up beside the run (:mod:`kmlp.training.backup`); if the process dies, the same call
+    with ``resume=True`` continues from the last completed epoch, with the same minibatches an
+    uninterrupted run would have seen. ``strategy`` (see :func:`make_strategy`) spreads each
+    minibatch over several devices; under a MultiWorkerMirroredStrategy only the chief writes
+    ``out_dir``, and every other worker keeps its own lock and backup beside it
+    (:func:`kmlp.training.distributed.worker_name`).
+
+    With ``config.minutes`` the steps are planned so that the whole call ends within that many
+    minutes, counted from ``started`` (a ``time.perf_counter()`` value; default: now), see
+    :func:`fit_to_budget`; metrics.json records the plan under ``budget``. ``verbose`` shows the
+    progress in optimizer steps (:class:`kmlp.training.callbacks.progress.Progress`).
+    """
+    started = time.perf_counter() if started is None else started
+    worker = distributed.worker_name(strategy)  # None: this process writes the run
+    out_dir = folders.check_out_dir(out_dir or rundir.default_run_dir(preset_name or "custom"), worker=worker)
+    with RunLock(out_dir, worker):
+        data = data or NamesData.for_config(data_path, config)
+        log(f"data: {data.path}; {data.summary()}")
+        setup = prepare(config, data, strategy, log=log)
+        start_loss = evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False).take(1))
+        backup = backups.Backup(out_dir, worker)
+        setup, budget = (setup, None) if config.minutes is None else \
+            fit_to_budget(setup, backup, resume, started, preset_name, log)
+        log(setup.describe())
+        expected = backups.identity(setup.config, data, setup.plan)
+        start_epoch = distributed.agree_on_start(setup.strategy, backup, backup.start(resume, expected, log),
+                                                 expected, log)
+        curve, clock, backup_callbacks = backup.callbacks(start_epoch)
+        # Before the backup's callbacks: an epoch's logs are on disk before the backup records the epoch.
+        board = logs.tensorboard(backup.logs, data.vocab, setup.plan.epochs)
+        if not start_epoch:
+            logs.write_config(backup.logs / logs.TRAIN, {"preset": preset_name, "data": data_location(data),
+                                                         **setup.config.to_dict()})
+        log(logs.watch_hint(backup.logs, out_dir))
+        progress = [Progress(setup.plan.steps, earlier=clock.earlier)] if verbose else []
+        fit_started = time.perf_counter()
+        try:
+            history = setup.fit([keras.callbacks.TerminateOnNaN(), board, *backup_callbacks, *progress, *callbacks],
+                                start_epoch=start_epoch)
+        except KeyboardInterrupt:
+            log(f"interrupted; the same command with --resume continues from the last completed "
+                f"epoch (kept in {backup.path})")
+            raise
+        fit_seconds = time.perf_counter() - fit_started
+        check_diverged(setup, curve, start_loss, backup, out_dir)
+        metrics = measure(setup, clock, start_epoch, fit_seconds, started)
+        if budget:
+            metrics["budget"] = budget
+        if worker is None:
+            save_run(setup, out_dir, metrics, curve, backup, preset_name, log)
+        backup.remove()
+    steps_run = setup.plan.steps - start_epoch * setup.plan.steps_per_epoch
+    sampled = "" if metrics["train_loss_examples"] == metrics["train_examples"] else \
+        f" (on a fixed sample of {metrics['train_loss_examples']:,} of {metrics['train_examples']:,} examples)"
+    log(f"train loss {metrics['train_loss']:.4f}{sampled}  dev loss {metrics['dev_loss']:.4f}  "
+        f"({steps_run:,} steps in {fit_seconds:.1f} s, {steps_run / max(fit_seconds, 1e-9):,.0f} steps/s)")
+    log(fit_verdict(metrics["train_loss"], metrics["dev_loss"], len(data.vocab)))
+    if worker is not None:
+        log(f"{worker} done; the chief saves the run to {out_dir}")
+    else:
+        log(f"saved to {out_dir}" + (f" ({time.perf_counter() - started:.1f} s in all, for a budget of "
+                                     f"{config.minutes * 60:g} s)" if budget else ""))
+    return TrainResult(model=setup.model, data=data, config=setup.config, metrics=metrics, out_dir=out_dir,
+                       history=history.history)

@@ -1,0 +1,153 @@
+"""benchmarks/bench_train.py runs end to end with tiny step counts (a smoke test; nothing is timed)."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+BENCH = ROOT / "benchmarks" / "bench_train.py"
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def run_bench(*args, env_extra=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, str(BENCH), *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def without_torch(tmp_path) -> dict:
+    """An environment in which ``import torch`` fails, as where only ``.[test]`` is installed."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch hidden for this test')\n")
+    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.integration
+def test_throughput_mode_reports_kmlp_and_skips_pytorch_cleanly_without_torch(names_path, tmp_path):
+    done = run_bench("--steps", 4000, "--repeats", 1, "--data", names_path,
+                     env_extra=without_torch(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    kmlp = re.search(r"^kmlp\s+([\d,]+)\s+([\d.]+) s\s+([\d.]+)$", out, re.M)
+    assert kmlp, out
+    assert float(kmlp[1].replace(",", "")) > 0 and 0 < float(kmlp[3]) < 3.3  # below a uniform guess
+    assert "torch is not installed: PyTorch part skipped" in out
+    assert "PyTorch run" not in out
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed: the test above ran the kmlp side")
+def test_throughput_mode_reports_both_loops_and_their_ratio(names_path):
+    done = run_bench("--steps", 4000, "--repeats", 1, "--data", names_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    print(out)
+    assert re.search(r"^kmlp\s+[\d,]+\s+[\d.]+ s\s+[\d.]+$", out, re.M), out
+    assert re.search(r"^PyTorch\s+[\d,]+\s+[\d.]+ s\s+[\d.]+$", out, re.M), out
+    assert re.search(r"kmlp / PyTorch: [\d.]+x steps/s", out), out
+    assert "torch.set_num_threads(1)" in out
+
+
+@pytest.mark.integration
+def test_time_to_quality_mode_times_a_whole_fast_run(names_path, tmp_path):
+    done = run_bench("--time-to-quality", "--runs", 1, "--steps", 2000, "--eval-every", 1000,
+                     "--data", names_path, "--target", 2.5)
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(done.stdout)
+    assert re.search(r"kmlp --preset fast: [\d.]+ s \(median\), dev loss [\d.]+; target reached", done.stdout)
+    if HAVE_TORCH:
+        assert re.search(r"PyTorch lecture loop \(2,000 steps, 1 thread\(s\)\): dev loss (<=|never)",
+                         done.stdout)
+
+
+def test_bad_flag_values_are_refused(tmp_path):
+    done = run_bench("--steps", 0)
+    assert done.returncode == 2 and "--steps must be a positive integer" in done.stderr
+
+
+@pytest.mark.integration
+def test_presets_table_trains_evaluates_and_prints_rows(names_path, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "presets_table.py"), "--presets", "fast",
+                           "--budgets", "fast:0.25", "--out-root", str(tmp_path), "--data", str(names_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # each row goes to stderr as its run ends: the preset's is there even if the budget's run failed
+    fast = next((r for r in done.stderr.splitlines() if r.startswith("| `fast` preset |")), None)
+    assert fast, done.stderr[-2000:]
+    steps, train, dev, test = (float(v.strip(" *").replace(",", "")) for v in fast.split("|")[3:7])
+    assert steps == 1200 and 2.0 < train < dev < 2.17 and 2.0 < test < 2.2
+    assert "`kmlp train --preset fast`" in fast
+    too_short = [line for line in done.stderr.splitlines() if "is too short for this run on this machine" in line]
+    if too_short:
+        pytest.skip(f"the machine is too busy for a 15-second run: {too_short[0]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = done.stdout.splitlines()
+    assert rows[0].startswith("| run | params | steps | train | dev | test |")
+    assert fast in rows and any("1.993" in r for r in rows)
+    timed = next(r for r in rows if r.startswith("| `fast` preset, a 0.25-minute budget on this machine |"))
+    planned = json.loads((tmp_path / "fast-0.25min" / "metrics.json").read_text())["budget"]["planned_steps"]
+    assert f"| {planned:,} |" in timed and "`kmlp train --preset fast --minutes 0.25`" in timed
+
+
+@pytest.mark.integration
+def test_bench_best_prints_both_recipes_side_by_side_and_a_verdict(names_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_best.py"), "--steps", "100",
+                           "--target", "2.8", "--rounds", "1", "--chunk", "5", "--n-hidden", "32", "--data",
+                           str(names_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    out = done.stdout
+    print(out)
+    assert "before: float32, XLA: 100 steps at batch 1024, float32, XLA, rdrop 1" in out
+    assert "now: --preset best (mixed_bfloat16): 100 steps at batch 1024, mixed_bfloat16, no XLA" in out
+    assert len(re.findall(r"dev loss <= 2.8 first at step 100: \d+ s, \d+ CPU-seconds", out)) == 2
+    assert re.search(r"median: [\d.]+ \| [\d.]+ steps/s, [\d.]+ \| [\d.]+ steps per CPU-second", out)
+    assert re.search(r"a step of the new recipe costs [\d.]+ of the old one's in wall time, [\d.]+ in CPU", out)
+    assert re.search(r"full runs: [\d.]+ in wall time .* [\d.]+ in CPU time\n  steps each needed", out)
+    assert re.search(r"verdict: (at most|more than) half the time to dev loss <= 2.8 \([\d.]+ in wall time", out)
+
+
+def test_both_loops_train_on_kmlps_split_whatever_the_seed(tiny_names_file):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_train
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from kmlp.config import preset
+    from kmlp.data.pipeline import NamesData
+
+    kmlp_split = NamesData.for_config(tiny_names_file, preset("lecture").replace(seed=7)).words
+    assert bench_train.lecture_data(tiny_names_file, seed=7).words == kmlp_split
+    assert bench_train.lecture_data(tiny_names_file, seed=42).words == kmlp_split
+
+
+@pytest.mark.integration
+def test_minutes_bench_prints_a_row_per_budget(tiny_names_file):
+    flags = "--block-size 3 --n-embd 4 --n-hidden 16 --batch-size 8 --no-jit --decay-at none --minutes 0.2"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_minutes.py"), flags, "--data",
+                           str(tiny_names_file)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if "is too short for this run on this machine" in done.stderr:
+        pytest.skip(f"the machine is too busy for a 12-second run: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = done.stdout.splitlines()
+    assert rows[0].startswith("| command | budget | took | steps planned |") and len(rows) == 3
+    assert re.match(rf"\| `kmlp train {flags}` \| 12 s \| [\d.]+ s \| [\d,]+ \| [\d,.]+; [\d.]+ s; [\d.]+ s; "
+                    rf"[\d.]+ s \|$", rows[2]), rows[2]
+    assert "load average" in done.stderr
+
+
+@pytest.mark.integration
+def test_bench_best_skip_full_times_only_the_two_recipes_steps(names_path):
+    """The README's check for another CPU: the step costs alone, no full runs."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_best.py"), "--skip-full",
+                           "--rounds", "1", "--chunk", "5", "--n-hidden", "32", "--data", str(names_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    out = done.stdout
+    assert "first at step" not in out and "verdict" not in out  # no full runs
+    assert "step cost side by side: 1 rounds of 5 steps of each, alternated" in out
+    assert re.search(r"a step of the new recipe costs [\d.]+ of the old one's in wall time, [\d.]+ in CPU", out)

@@ -1,0 +1,38 @@
+"""What the tests of kmlp.cli share: running ``kmlp`` in this process, the one-line error it must
+print, tiny model flags, and one tiny trained run for the whole session."""
+
+from conftest import train_tiny_run
+
+from kmlp.cli import main as cli
+
+TINY_MODEL = ["--block-size", "3", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8",
+              "--steps", "40", "--decay-at", "none", "--optimizer", "adam", "--lr", "0.01", "--no-jit"]
+NOISE = ("cuda", "oneDNN", "absl", "cpu_feature_guard", "I0000", "W0000", "E0000", "Traceback",
+         "UserWarning", "tensorflow")
+
+
+def main(capsys, *args):
+    """``kmlp ARGS`` in this process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kmlp: error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, err)
+    return lines[0]
+
+
+_trained = {}
+
+
+def tiny_run_path(tmp_path_factory):
+    """A run trained once per session (in the session's temporary folder); copy it to change it."""
+    if "run" not in _trained:
+        _trained["run"] = train_tiny_run(tmp_path_factory.mktemp("cli")).path
+    return _trained["run"]
