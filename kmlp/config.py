@@ -25,6 +25,18 @@ def check_seed(value, flag: str = "--seed") -> int:
     return value
 
 
+MAX_VERSION = 2**63 - 1  # TensorFlow Serving's model versions are int64
+
+
+def check_version(value, flag: str = "--version") -> int:
+    """``value`` if it is an export version (an integer from 1 to :data:`MAX_VERSION`), else
+    :class:`ConfigError`."""
+    if not _is_int(value) or not 1 <= value <= MAX_VERSION:
+        raise ConfigError(f"{flag} must be an integer from 1 to {MAX_VERSION} (TensorFlow Serving's "
+                          f"versions are int64), got {value!r}")
+    return int(value)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 

@@ -23,10 +23,10 @@ def add_export_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from kmlp.config import check_positive_int
+    from kmlp.config import check_version
 
     if args.version is not None:  # before TensorFlow loads
-        check_positive_int(args.version, "--version")
+        check_version(args.version)
     from kmlp.export.savedmodel import export_run
     from kmlp.runs.rundir import load_run
 

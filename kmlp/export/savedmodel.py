@@ -19,9 +19,9 @@ Names with characters outside the vocabulary score -inf.
 
 Every call is bounded: at most :data:`MAX_REQUEST` names or contexts per call, each at most
 :data:`~kmlp.generation.drawing.MAX_NAME_LENGTH` characters. A call outside the limits, or with a bad value
-(a negative count, a temperature that is not a positive finite number, a prefix or context with
-characters outside the vocabulary), fails with InvalidArgument and a one-line message such as
-``count must be from 0 to 10000, got -1``.
+(a negative count, a seed outside the command line's range, a temperature that is not a positive
+finite number, a prefix or context with characters outside the vocabulary), fails with
+InvalidArgument and a one-line message such as ``count must be from 0 to 10000, got -1``.
 
     >>> loaded = tf.saved_model.load("DIR/export/1")
     >>> loaded.signatures["generate"](count=tf.constant(3), seed=tf.constant(7, tf.int64),
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from kmlp.config import check_positive_int
+from kmlp.config import MAX_SEED, MAX_VERSION, check_version
 from kmlp.data.files import MAX_NAME_LENGTH
 from kmlp.errors import ConfigError, ExportError
 from kmlp.generation.drawing import MAX_LEN
@@ -139,6 +139,7 @@ class ServingModel(NameModel):
         checks = [
             _require(_within(count, 0, MAX_REQUEST), f"count must be from 0 to {MAX_REQUEST}, got {{}}",
                      count),
+            _require(_within(seed, 0, MAX_SEED), f"seed must be from 0 to {MAX_SEED}, got {{}}", seed),
             _require(tf.logical_and(tf.bitcast(temperature, tf.int32) > 0,  # > 0, subnormals too
                                     temperature <= temperature.dtype.max),
                      "temperature must be a positive finite number, got {}", temperature),
@@ -168,9 +169,12 @@ class ServingModel(NameModel):
 
 
 def next_version(export_root: Path) -> int:
-    """One more than the highest numbered version folder under ``export_root`` (1 if none)."""
-    versions = [int(p.name) for p in Path(export_root).iterdir() if p.is_dir() and p.name.isdigit()] \
-        if Path(export_root).is_dir() else []
+    """One more than the highest numbered version folder under ``export_root`` (1 if none). As in
+    TensorFlow Serving, a version folder's name is ASCII digits for an int64; other folders are not
+    versions."""
+    root = Path(export_root)
+    names = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    versions = [int(n) for n in names if n.isascii() and n.isdigit() and int(n) <= MAX_VERSION]
     return max(versions, default=0) + 1
 
 
@@ -189,7 +193,7 @@ def export_run(run: Run, version: int | None = None, export_root: str | os.PathL
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if version is not None:
-        check_positive_int(version, "--version")
+        check_version(version)
     with lock.RunLock(run.path):
         return _export(run, version, export_root, format)
 
@@ -199,6 +203,9 @@ def _export(run: Run, version: int | None, export_root, format: str) -> Path:
     export_root = Path(export_root) if export_root else Path(run.path) / default_root
     if version is None:
         version = next_version(export_root)
+        if version > MAX_VERSION:
+            raise ExportError(f"{export_root}: version {MAX_VERSION} exists, the highest there can be; "
+                              f"choose a free --version")
     target = export_root / str(version)
     if target.exists():
         raise ExportError(f"{target}: version {version} already exists; choose another --version "

@@ -1,7 +1,8 @@
 """Serving: TensorFlow Serving's REST API over a run's exported SavedModel, and a playground page.
 
     app.py           the web application: its routes, Work (the model calls' threads), kmlp serve
-    connections.py   BoundedH11Protocol: each connection's timeouts and the cap on open connections
+    connections.py   BoundedH11Protocol: each connection's timeouts, the bound on a request head,
+                     refused bodies dropped before the answer, and the cap on open connections
     playground.py    Playground, the page's API: sampled names with their marks, next-character
                      probabilities, the embedding in 2-D
     served_model.py  ServedModel: one SavedModel version answering status, metadata and predict

@@ -16,7 +16,10 @@ the SavedModel, never assumed. The playground runs kmlp's Python API on the run'
 functions the SavedModel is exported from), so it has every control of ``kmlp sample``.
 
 Every request is bounded by :class:`Limits`; a bad one gets status 400 and ``{"error": "..."}`` (one
-line, never a traceback), and the next request is answered as usual. Connections are bounded too:
+line, never a traceback), and the next request is answered as usual. Every error is answered in that
+form, whoever finds it: a route, Starlette (a missing static file), the Host check or the connection.
+A HEAD request gets what GET would, without the body; on the REST API's paths, as in TensorFlow
+Serving, that is 400 (it answers GET and POST only). Connections are bounded too:
 idle ones are closed after a timeout, and the longest-idle first when too many are open; a request
 arriving too slowly gets 408 (docs/serving-limits.md lists them all). The web stack is Starlette on
 uvicorn; model calls run on a small pool of threads, never on the event loop.
@@ -43,8 +46,8 @@ from kmlp.errors import ConfigError
 from kmlp.serving.connections import BoundedH11Protocol
 from kmlp.serving.limits import Limits
 from kmlp.serving.playground import PLAYGROUND_DIR, Playground
-from kmlp.serving.rest import RequestError, dumps, parse_json, read_body
-from kmlp.serving.served_model import MODEL_NAME, ServedModel
+from kmlp.serving.rest import RequestError, dumps, error_response, parse_json, read_body
+from kmlp.serving.served_model import MODEL_NAME, ServedModel, parse_version
 
 DEFAULT_PORT = 8501  # TensorFlow Serving's REST port
 log = logging.getLogger("kmlp.serving.app")
@@ -55,10 +58,12 @@ say = functools.partial(print, flush=True)  # status lines reach a pipe or a log
 # The web application
 
 
-PREDICT_PATH = re.compile(  # TensorFlow Serving's own patterns (http_rest_api_util.cc)
-    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
+# TensorFlow Serving's own patterns (http_rest_api_util.cc); their \d is RE2's, ASCII digits only
+PREDICT_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
 MODEL_PATH = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+INTERNAL_ERROR = "internal error; the server's log has the details"
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; style-src 'self'; img-src 'self' data:",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
@@ -81,6 +86,24 @@ class Work:
             self.pending -= 1
 
 
+class HostCheck:
+    """ASGI middleware: 400 for a request whose Host header does not name one of ``allowed``, in
+    TensorFlow Serving's error form (a local server's guard against DNS rebinding)."""
+
+    def __init__(self, app, allowed):
+        self.app, self.allowed = app, [host.lower() for host in allowed]
+
+    async def __call__(self, scope, receive, send) -> None:
+        host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1")
+        name = re.fullmatch(r"(\[[^\]]*\]|[^:]*)(?::[0-9]*)?", host)  # the name, without the port
+        if scope["type"] != "http" or (name and name.group(1).lower() in self.allowed):
+            await self.app(scope, receive, send)
+            return
+        headers, body = error_response(f"Host header {host!r} is not a name of this server "
+                                       f"({', '.join(self.allowed)})")
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
 
 def build_app(served: ServedModel, playground: Playground | None = None, limits: Limits = Limits(),
               allowed_hosts=None):
@@ -88,8 +111,8 @@ def build_app(served: ServedModel, playground: Playground | None = None, limits:
     the page at ``/``. ``allowed_hosts`` (Host headers accepted) guards a local server against DNS
     rebinding; None accepts any."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import ClientDisconnect
     from starlette.responses import FileResponse, Response
     from starlette.routing import Mount, Route
@@ -97,9 +120,9 @@ def build_app(served: ServedModel, playground: Playground | None = None, limits:
 
     work = Work(limits)
 
-    def json_response(obj, status: int = 200) -> Response:
+    def json_response(obj, status: int = 200, headers=None) -> Response:
         return Response(obj if isinstance(obj, bytes) else dumps(obj), status_code=status,
-                        media_type="application/json")
+                        headers=headers, media_type="application/json")
 
     def answering(handler):
         """Wrap an endpoint: a RequestError becomes its JSON error; anything else a 500 with a
@@ -113,8 +136,19 @@ def build_app(served: ServedModel, playground: Playground | None = None, limits:
                 return json_response({"error": "client disconnected"}, 499)
             except Exception:
                 log.exception("error answering %s %s", request.method, request.url.path)
-                return json_response({"error": "internal error; the server's log has the details"}, 500)
+                return json_response({"error": INTERNAL_ERROR}, 500)
         return endpoint
+
+    async def starlette_error(request, exc: HTTPException) -> Response:
+        """Starlette's own refusals (a missing static file, a method a route does not take)."""
+        path = request.url.path
+        message = f"Not found: {path}" if exc.status_code == 404 else f"{exc.detail}: {request.method} {path}"
+        return json_response({"error": message}, exc.status_code, exc.headers)
+
+    async def uncaught_error(request, exc: Exception) -> Response:
+        """Anything raised outside the wrapped endpoints: Starlette raises it again after this
+        answer, for uvicorn to log."""
+        return json_response({"error": INTERNAL_ERROR}, 500)
 
     async def rest(request):
         method, path = request.method, request.url.path
@@ -122,7 +156,7 @@ def build_app(served: ServedModel, playground: Playground | None = None, limits:
         model = MODEL_PATH.fullmatch(path) if method == "GET" else None
         if predict:
             name, version, label, verb = predict.groups()
-            served.check_spec(name, version, label)
+            served.check_spec(name, parse_version(version), label)
             if verb.lower() != "predict":
                 raise RequestError(f"kmlp serve answers :predict; this model's signatures are all "
                                    f"predict signatures, so :{verb.lower()} has nothing to run")
@@ -130,6 +164,7 @@ def build_app(served: ServedModel, playground: Playground | None = None, limits:
             return json_response(await work(lambda: dumps(served.predict(parse_json(body)))))
         if model:
             name, version, label, metadata = model.groups()
+            version = parse_version(version)
             if not name:
                 raise RequestError("Missing model name in request.")
             answer = served.metadata if metadata else served.status
@@ -159,9 +194,9 @@ def build_app(served: ServedModel, playground: Playground | None = None, limits:
               Route("/playground/{what}", answering(playground_api), methods=["GET", "POST"]),
               Mount("/static", StaticFiles(directory=PLAYGROUND_DIR), name="static"),
               Route("/{path:path}", answering(rest), methods=every)]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))] \
-        if allowed_hosts else []
-    app = Starlette(routes=routes, middleware=middleware)
+    middleware = [Middleware(HostCheck, allowed_hosts)] if allowed_hosts else []
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={HTTPException: starlette_error, Exception: uncaught_error})
     app.state.work = work
     return app
 
@@ -210,7 +245,9 @@ def is_loopback(host: str) -> bool:
 def local_hosts(host: str) -> list[str] | None:
     """The Host headers a server listening on ``host`` accepts: on a loopback address only the
     machine's own names, so a web page elsewhere cannot reach it by DNS rebinding; None (any) else."""
-    return ["127.0.0.1", "localhost", "::1", "[::1]", host] if is_loopback(host) else None
+    if not is_loopback(host):
+        return None
+    return list(dict.fromkeys(["127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host]))
 
 
 def latest_export(run, log=say) -> Path:
@@ -260,16 +297,15 @@ def _stopped_by_signals(server):
 
 
 def server_config(app, limits: Limits = Limits()):
-    """uvicorn's settings for ``app``, with the bounds of ``limits``. The HTTP parser is h11, which
-    bounds the size of the request line and headers (httptools does not), in
-    :class:`BoundedH11Protocol`, which adds the timeouts and the connection cap uvicorn lacks (its
-    ``limit_concurrency`` is left off: it counts idle connections); the event loop asyncio's."""
+    """uvicorn's settings for ``app``, with the bounds of ``limits``. The HTTP parser is h11 (it can
+    bound the request line and headers; httptools cannot), in :class:`BoundedH11Protocol`, which
+    adds that bound, the timeouts and the connection cap uvicorn lacks (its ``limit_concurrency`` is
+    left off: it counts idle connections); the event loop asyncio's."""
     import uvicorn
 
     return uvicorn.Config(app, loop="asyncio", http=functools.partial(BoundedH11Protocol, limits=limits),
                           lifespan="off", log_level="warning", access_log=False, server_header=False,
-                          timeout_keep_alive=limits.keep_alive_timeout, timeout_graceful_shutdown=5,
-                          h11_max_incomplete_event_size=limits.max_header_bytes)
+                          timeout_keep_alive=limits.keep_alive_timeout, timeout_graceful_shutdown=5)
 
 
 def serve(run_dir, host: str = "127.0.0.1", port: int = DEFAULT_PORT, model_name: str = MODEL_NAME,

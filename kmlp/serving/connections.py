@@ -1,8 +1,11 @@
-"""Connections of ``kmlp serve``: uvicorn's HTTP/1.1 protocol, bounded in time and number.
+"""Connections of ``kmlp serve``: uvicorn's HTTP/1.1 protocol, bounded in time, size and number.
 
 :class:`BoundedH11Protocol` gives every phase of a request its timeout (408 when a request line,
-headers or body arrive too slowly) and caps the open connections by closing the longest-idle ones
-(503 when none is idle), so idle or slow clients cannot crowd out requests.
+headers or body arrive too slowly), bounds the request line and headers however they arrive (400),
+answers a request only once its body is in (the rest of a refused body is read and dropped, so the
+client reads the answer), and caps the open connections by closing the longest-idle ones (503 when
+none is idle), so idle or slow clients cannot crowd out requests. Every error it answers itself is
+TensorFlow Serving's ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -10,14 +13,40 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import re
 
 import h11
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
 from kmlp.serving.limits import Limits
-from kmlp.serving.rest import dumps
+from kmlp.serving.rest import error_response
 
 _became_idle = itertools.count()  # the order in which connections became idle: the cap closes the lowest
+_HEAD_END = re.compile(rb"\n\r?\n")  # the blank line after the headers, as h11 finds it
+_CLOSE = (b"connection", b"close")
+
+
+class HeadBoundedConnection(h11.Connection):
+    """h11's server side, refusing a request line and headers over ``max_head`` bytes however they
+    arrive. h11's own bound (``max_incomplete_event_size``) holds only while a head is incomplete:
+    a larger head that arrives whole in one read passes it."""
+
+    def __init__(self, max_head: int):
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_head)
+        self.max_head = max_head
+        self.refusal = ""  # why this class refused the request, when it did
+
+    def head_size(self) -> int:
+        """Bytes of the request line and headers received, up to their end if it has arrived."""
+        data = self.trailing_data[0]
+        end = _HEAD_END.search(data, 0, self.max_head + 3)
+        return end.end() if end else len(data)
+
+    def next_event(self):
+        if self.their_state is h11.IDLE and self.head_size() > self.max_head:
+            self.refusal = f"request line and headers over {self.max_head:,} bytes (the limit)"
+            raise h11.RemoteProtocolError(self.refusal, error_status_hint=400)
+        return super().next_event()
 
 
 class BoundedH11Protocol(H11Protocol):
@@ -40,10 +69,18 @@ class BoundedH11Protocol(H11Protocol):
     When a connection opens beyond ``max_connections``, the longest-idle ones are closed; a request
     that arrives while the server is still over the cap, with no idle connection left to close,
     gets 503. A request in progress is never closed for the cap.
+
+    A request line and headers over ``max_header_bytes`` get 400, however they arrive
+    (:class:`HeadBoundedConnection`). An answer given before its request's body is in (a body over
+    the limit, a wrong path) waits while the rest is read and dropped: a client that sends its
+    whole body before reading then reads the answer, where closing with bytes unread would reset
+    the connection under it. A body that goes on beyond ``max_discard_bytes``, or that the client
+    waits to be asked for (``Expect: 100-continue``), is not read: the answer closes the connection.
     """
 
     def __init__(self, *args, limits: Limits, **kwargs):
         super().__init__(*args, **kwargs)
+        self.conn = HeadBoundedConnection(limits.max_header_bytes)
         self.limits = limits
         self.became_idle = next(_became_idle)
         self.phase = ""             # the phase the timers were last set for
@@ -70,6 +107,10 @@ class BoundedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_phase_timer()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 cannot read, in TensorFlow Serving's form."""
+        self.answer_and_close(400, self.conn.refusal or msg)
 
     # -- timeouts -------------------------------------------------------------------------------
 
@@ -137,8 +178,8 @@ class BoundedH11Protocol(H11Protocol):
             cycle.disconnected = True
             cycle.message_event.set()
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            body = dumps({"error": message})
-            response = h11.Response(status_code=status, headers=_json_headers(body),
+            headers, body = error_response(message)
+            response = h11.Response(status_code=status, headers=headers + [_CLOSE],
                                     reason=STATUS_PHRASES[status])
             for event in (response, h11.Data(data=body), h11.EndOfMessage()):
                 self.transport.write(self.conn.send(event))
@@ -163,17 +204,44 @@ class BoundedH11Protocol(H11Protocol):
         return excess > len(idle)
 
     async def answer_within_cap(self, scope, receive, send) -> None:
-        """The application, unless the server is over the cap with nothing idle to close: then 503."""
+        """The application, unless the server is over the cap with nothing idle to close: then 503.
+        Either answers once the request's body is in."""
+        send = self.after_the_body(receive, send)
         if self.close_idle_beyond_cap():
-            body = dumps({"error": f"server busy: {self.limits.max_connections} connections open and "
-                                   f"none idle; try again"})
-            await send({"type": "http.response.start", "status": 503, "headers": _json_headers(body)})
+            headers, body = error_response(f"server busy: {self.limits.max_connections} connections "
+                                           f"open and none idle; try again")
+            await send({"type": "http.response.start", "status": 503, "headers": headers + [_CLOSE]})
             await send({"type": "http.response.body", "body": body})
             return
         await self.application(scope, receive, send)
 
+    # -- answers after the request body ---------------------------------------------------------
 
-def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
-    """Headers of a JSON error answered by the connection itself, which then closes."""
-    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close")]
+    def after_the_body(self, receive, send):
+        """``send``, holding an answer back while the rest of its request's body is read and dropped
+        (see the class's docstring); an answer the body is not all read for closes the connection."""
+        async def send_after_the_body(message) -> None:
+            if message["type"] == "http.response.start" and self.conn.their_state is h11.SEND_BODY:
+                headers = list(message.get("headers", []))
+                if not await self.dropped_the_body(receive) and _CLOSE not in headers:
+                    message = {**message, "headers": headers + [_CLOSE]}
+            await send(message)
+        return send_after_the_body
+
+    async def dropped_the_body(self, receive) -> bool:
+        """Read and drop the rest of the request body: True once it is all in. False, having read
+        nothing, if the client waits to be asked for it (``Expect: 100-continue``) or declares it
+        longer than ``max_discard_bytes``; False if it goes on beyond that, or the connection is
+        gone (timed out, or the client left)."""
+        declared = dict(self.scope["headers"]).get(b"content-length", b"0")  # digits: h11 checked
+        if self.cycle.waiting_for_100_continue or int(declared) > self.limits.max_discard_bytes:
+            return False
+        dropped = 0
+        while dropped <= self.limits.max_discard_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            dropped += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return False

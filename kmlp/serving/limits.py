@@ -16,7 +16,8 @@ class Limits:
     gets 408. Timeouts are in seconds."""
 
     max_body_bytes: int = 1 << 20   # one request body, 1 MiB of JSON
-    max_header_bytes: int = 16_384  # request line and headers held while they arrive
+    max_discard_bytes: int = 64 << 20  # body read and dropped after refusing it, so the answer is read
+    max_header_bytes: int = 16_384  # request line and headers, however they arrive
     max_items: int = 1_000          # values in one input: names to score, contexts, ...
     max_chars: int = 100            # characters in one string value: a name, context or prefix
     max_count: int = 1_000          # names per generate call (an input named `count`)

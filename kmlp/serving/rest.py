@@ -158,6 +158,12 @@ def dumps(obj) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
 
 
+def error_response(message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The headers and body of TensorFlow Serving's error answer, ``{"error": message}``, for ASGI."""
+    body = dumps({"error": message})
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())], body
+
+
 def _is_b64(value) -> bool:
     """A binary string as TensorFlow Serving writes one: ``{"b64": "<base64>"}``."""
     return isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str)
@@ -173,23 +179,19 @@ def is_named(value) -> bool:
 
 
 async def read_body(request, limits: Limits) -> bytes:
-    """The request body, or :class:`RequestError` once it passes ``limits.max_body_bytes``. An
-    oversized body is still read (up to 16 times the limit) so the client gets the answer."""
+    """The request body, or :class:`RequestError` as soon as it is known to pass
+    ``limits.max_body_bytes``. The rest of a refused body is the connection's to drop (see
+    :class:`~kmlp.serving.connections.BoundedH11Protocol`), so that the client reads the answer."""
     too_big = RequestError(f"request body over {limits.max_body_bytes:,} bytes (the limit)")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limits.max_body_bytes \
-            and (request.headers.get("expect", "").lower() == "100-continue"
-                 or int(declared) > 16 * limits.max_body_bytes):
+    if declared.isdigit() and int(declared) > limits.max_body_bytes:
         raise too_big
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size <= limits.max_body_bytes:
-            chunks.append(chunk)
-        elif size > 16 * limits.max_body_bytes:
-            break
-    if size > limits.max_body_bytes:
-        raise too_big
+        if size > limits.max_body_bytes:
+            raise too_big
+        chunks.append(chunk)
     return b"".join(chunks)
 
 

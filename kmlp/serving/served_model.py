@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kmlp.config import MAX_VERSION
 from kmlp.serving.limits import Limits
 from kmlp.serving.rest import RequestError, is_named, json_to_tensor, to_json_values
 
@@ -60,27 +61,27 @@ class ServedModel:
 
     # -- status and metadata --------------------------------------------------------------------
 
-    def status(self, name: str, version: str | None, label: str | None) -> dict:
+    def status(self, name: str, version: int | None, label: str | None) -> dict:
         if label is not None:
             raise RequestError(f"Unrecognized servable version label: {label}")
         if name != self.name:
             raise RequestError(f"Could not find any versions of model {name}", 404)
-        if version is not None and int(version) != self.version:
+        if version is not None and version != self.version:
             raise RequestError(f"Could not find version {version} of model {name}", 404)
         return {"model_version_status": [{"version": str(self.version), "state": "AVAILABLE",
                                           "status": {"error_code": "OK", "error_message": ""}}]}
 
-    def metadata(self, name: str, version: str | None, label: str | None) -> dict:
+    def metadata(self, name: str, version: int | None, label: str | None) -> dict:
         self.check_spec(name, version, label)
         return {"model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
                 "metadata": {"signature_def": {"signature_def": self.signature_defs}}}
 
-    def check_spec(self, name: str, version: str | None, label: str | None) -> None:
+    def check_spec(self, name: str, version: int | None, label: str | None) -> None:
         """:class:`RequestError` unless the URL names this model (and this version, if one)."""
         if label is not None:
             raise RequestError(f"Unrecognized servable version label: {label}")
-        if name != self.name or (version is not None and int(version) != self.version):
-            wanted = f"Latest({name})" if version is None else f"Specific({name}, {int(version)})"
+        if name != self.name or (version is not None and version != self.version):
+            wanted = f"Latest({name})" if version is None else f"Specific({name}, {version})"
             raise RequestError(f"Servable not found for request: {wanted}", 404)
 
     # -- predict --------------------------------------------------------------------------------
@@ -189,6 +190,16 @@ class ServedModel:
         return {name: value.numpy() for name, value in outputs.items()}
 
 
+def parse_version(text: str | None) -> int | None:
+    """The version in a URL (its ASCII digits, as the paths match them) as TensorFlow Serving reads
+    it, an int64; a longer number is :class:`RequestError` with its message."""
+    if text is None:
+        return None
+    if len(text.lstrip("0")) > len(str(MAX_VERSION)) or int(text) > MAX_VERSION:
+        raise RequestError(f"Failed to convert version: {text} to numeric.")
+    return int(text)
+
+
 def row_outputs(outputs: dict) -> list:
     """``predictions`` of the row format: one item per instance; every output needs the same first
     dimension (TensorFlow Serving's rule, so outputs such as a vocabulary refuse this format)."""
@@ -213,15 +224,20 @@ def tf_error_message(error) -> str:
     ``tf.debugging.assert_*`` (or an ``Assert``'s data), else the error's own first line."""
     text = error.message
     failed = re.search(r"assertion failed: (.*)", text)
-    if failed:
-        parts = [p.strip() for p in re.findall(r"\[([^\[\]]*)\]", failed.group(1))]
+    if failed:  # the Assert's data, each item in brackets: "[message] [value]"; a message may hold "]"
+        data = _without_node(failed.group(1)).removeprefix("[").removesuffix("]")
+        parts = [p.strip() for p in data.split("] [")]
         if any(p.startswith("Condition ") for p in parts):  # assert_*: the rest is tensor dumps
             parts = parts[:1]
         return " ".join(p for p in parts if p).rstrip(". ") or "assertion failed"
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith(
         ("Graph execution error", "Detected at node", "<stack traces"))]
-    first = lines[0] if lines else type(error).__name__
-    return re.sub(r"\s*\[\[\{\{node .*$", "", first).strip()
+    return _without_node(lines[0]) if lines else type(error).__name__
+
+
+def _without_node(line: str) -> str:
+    """A line of a TensorFlow error without the node or op named at its end."""
+    return re.sub(r"\s*(\[\[\{\{node |\[Op:).*$", "", line).strip()
 
 
 def read_signature_defs(export_path) -> dict:

@@ -12,10 +12,12 @@ import pytest
 from conftest import copy_run
 
 from kmlp.cli.main import main
-from kmlp.errors import ExportError
+from kmlp.config import MAX_SEED, MAX_VERSION
+from kmlp.errors import ConfigError, ExportError
 from kmlp.export.savedmodel import export_run, next_version
 from kmlp.generation.sample import NameModel
 from kmlp.runs.rundir import load_run
+from kmlp.serving.served_model import tf_error_message
 
 CONTEXTS = ["", "e", "emm", "..e", "isabella"]
 
@@ -84,6 +86,24 @@ def test_export_writes_numbered_versions_and_never_replaces_one(exported, capsys
     finally:
         shutil.rmtree(root / "5")
         shutil.rmtree(root / "6", ignore_errors=True)
+
+
+def test_versions_are_int64_as_in_tensorflow_serving(exported, tmp_path, capsys):
+    """An export version is 1 .. 2**63-1, from Python and the command line alike (one line, nothing
+    written); a folder whose name is not ASCII digits for an int64 is not a version."""
+    run, _ = exported
+    too_big = str(10**20)
+    assert main(["export", str(run.path), "--version", too_big]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"kmlp: error: --version must be an integer from 1 to {MAX_VERSION} (TensorFlow "
+                   f"Serving's versions are int64), got {too_big}\n")
+    for version in (MAX_VERSION + 1, 0, -1):
+        with pytest.raises(ConfigError, match="--version must be an integer from 1 to"):
+            export_run(run, version=version)
+    assert sorted(p.name for p in (run.path / "export").iterdir()) == ["1"]
+    for name in ("3", "\u0661\u0662", str(MAX_VERSION + 1), "x"):  # "١٢": Arabic-Indic twelve
+        (tmp_path / name).mkdir()
+    assert next_version(tmp_path) == 4
 
 
 def test_saved_model_serves_without_kmlp(exported):
@@ -156,6 +176,10 @@ OPTIONS = dict(count=3, seed=1, temperature=1.0, top_k=0, top_p=1.0, prefix="", 
 @pytest.mark.parametrize("signature, inputs, message", [
     ("generate", {"count": -1}, "count must be from 0 to 10000, got -1"),
     ("generate", {"count": 2**31 - 1}, "count must be from 0 to 10000, got 2147483647"),
+    ("generate", {"seed": -1}, f"seed must be from 0 to {MAX_SEED}, got -1"),
+    ("generate", {"seed": -2**63}, f"seed must be from 0 to {MAX_SEED}, got -9223372036854775808"),
+    ("generate_with_prefix", {"seed": MAX_SEED + 1}, f"seed must be from 0 to {MAX_SEED}, got {MAX_SEED + 1}"),
+    ("generate_with_options", {"seed": 2**63 - 1}, f"seed must be from 0 to {MAX_SEED}, got {2**63 - 1}"),
     ("generate", {"temperature": float("inf")}, "temperature must be a positive finite number, got inf"),
     ("generate", {"temperature": 0.0}, "temperature must be a positive finite number, got 0"),
     ("generate", {"temperature": float("nan")}, "temperature must be a positive finite number, got nan"),
@@ -181,6 +205,7 @@ def test_saved_model_refuses_requests_beyond_its_limits_in_one_clear_line(loaded
     with pytest.raises(tf.errors.InvalidArgumentError) as refused:
         call(loaded[signature], **{**base, **inputs})
     assert f"assertion failed: [{message}]" in refused.value.message
+    assert tf_error_message(refused.value) == message  # what kmlp serve answers: the whole message
 
 
 def test_saved_model_serves_at_its_limits(loaded, exported):
@@ -190,8 +215,9 @@ def test_saved_model_serves_at_its_limits(loaded, exported):
     scored = call(loaded["score"], names=["emma", "a" * 1000])
     assert scored["tokens"].numpy().tolist() == [5, 1001]
     assert call(loaded["generate"], count=0, seed=1, temperature=1.0)["names"].shape == (0,)
-    # any int64 seed works, as before
-    assert len(call(loaded["generate"], count=2, seed=-7, temperature=1e-38)["names"].numpy()) == 2
+    # the command line's seeds, 0 to MAX_SEED
+    for seed in (0, MAX_SEED):
+        assert len(call(loaded["generate"], count=2, seed=seed, temperature=1e-38)["names"].numpy()) == 2
 
 
 def test_litert_export_writes_a_model_and_its_vocabulary_beside_it(exported, capsys):

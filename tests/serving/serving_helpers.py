@@ -1,5 +1,6 @@
 """Helpers of the serving tests: a server on a free port of 127.0.0.1 in a thread of this process, a
-client for it, request bodies, and scripts run bounded in time. The fixtures are in serving_fixtures.
+client for it, raw HTTP on a socket, request bodies, and scripts run bounded in time. The fixtures are
+in serving_fixtures.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -69,6 +71,53 @@ class Served:
         status, kind, answer = self.request(method, path, body)
         assert status == 200 and kind == "application/json", (status, answer)
         return answer
+
+
+def read_until_closed(sock, within: float) -> tuple[bytes, float | None]:
+    """What the server sends on ``sock`` until it closes it, and when it closed it (time.monotonic());
+    None if it is still open after ``within`` seconds."""
+    deadline, data = time.monotonic() + within, b""
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return data, time.monotonic()
+        data += chunk
+    return data, None
+
+
+def answer_parts(raw: bytes) -> tuple[int, dict, bytes]:
+    """(status, headers by lower-case name, body) of one HTTP answer."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), raw[:200]
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict]:
+    """(status, JSON body) of one HTTP answer the server sent before closing."""
+    status, _, body = answer_parts(raw)
+    return status, json.loads(body)
+
+
+def exchange(port: int, request: bytes, within: float = 30) -> tuple[int, dict, bytes]:
+    """Send ``request`` whole on a fresh connection, then read until the server closes it (the
+    request says ``Connection: close``): (status, headers, body) of the answer. The server may answer
+    and close before the request is all sent (a head over the limit): its answer is read all the same."""
+    with socket.create_connection(("127.0.0.1", port), timeout=within) as sock:
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        raw, closed = read_until_closed(sock, within)
+    assert closed is not None, f"still open after {within} s: {raw[:200]!r}"
+    return answer_parts(raw)
 
 
 def splits_of(run) -> dict:

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 
 import pytest
 from conftest import ROOT
-from serving_helpers import PREDICT, Served, assert_refused_then_served, generate, run_script
+from serving_helpers import PREDICT, Served, assert_refused_then_served, exchange, generate, run_script
 
-from kmlp.serving.app import Work, latest_export
+from kmlp.serving.app import INTERNAL_ERROR, Work, latest_export
 from kmlp.serving.limits import Limits
-from kmlp.serving.rest import RequestError
+from kmlp.serving.rest import RequestError, dumps
 from kmlp.serving.served_model import ServedModel
 
 pytest_plugins = ["serving_fixtures"]
@@ -59,15 +59,49 @@ def test_wrong_model_version_or_path_gets_404(server):
 
 
 def test_an_internal_error_is_a_500_with_one_line_and_no_traceback(server, monkeypatch):
-    def broken(body):
+    from starlette.staticfiles import StaticFiles
+
+    def broken(*args):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(server.served, "predict", broken)
-    status, kind, answer = server.request("POST", PREDICT, generate())
-    assert (status, kind) == (500, "application/json")
-    assert answer == {"error": "internal error; the server's log has the details"}
+    monkeypatch.setattr(StaticFiles, "get_response", broken)  # outside the routes kmlp wraps
+    for method, path, body in (("POST", PREDICT, generate()), ("GET", "/static/playground.js", None)):
+        assert server.request(method, path, body) == (500, "application/json", {"error": INTERNAL_ERROR})
     monkeypatch.undo()
     assert server.ok("POST", PREDICT, generate(count=1))["outputs"]
+
+
+def test_errors_found_outside_the_routes_are_json_too(server):
+    """Starlette's refusals and the Host check answer TensorFlow Serving's `{"error": ...}`."""
+    for method, path, headers, status, message in (
+            ("GET", "/static/nothing.js", {}, 404, "Not found: /static/nothing.js"),
+            ("DELETE", "/static/playground.js", {}, 405, "Method Not Allowed: DELETE /static/playground.js"),
+            ("GET", "/v1/models/kmlp", {"Host": "evil.example:80"}, 400,
+             "Host header 'evil.example:80' is not a name of this server (127.0.0.1, localhost, [::1])")):
+        assert server.request(method, path, headers=headers) == (status, "application/json", {"error": message})
+    for host in ("localhost", "LOCALHOST:8501", "[::1]:8501", "127.0.0.1:1"):
+        assert server.request("GET", "/v1/models/kmlp", headers={"Host": host})[0] == 200, host
+
+
+def request_bytes(method: str, path: str) -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+
+
+def test_head_gets_what_get_would_without_the_body(server):
+    """HTTP's rule: GET's status and headers, no body; an error's are JSON's. On the REST API's
+    paths, TensorFlow Serving's answer to any method but GET and POST: 400, a malformed request."""
+    for path in ("/", "/static/playground.css", "/playground/info", "/static/nothing.js", "/nothing/here"):
+        got = exchange(server.port, request_bytes("GET", path))
+        status, headers, body = exchange(server.port, request_bytes("HEAD", path))
+        assert (status, body) == (got[0], b"") and got[2], path
+        assert [headers[k] for k in ("content-type", "content-length")] == \
+            [got[1][k] for k in ("content-type", "content-length")], path
+        assert status == 200 or headers["content-type"] == "application/json", path
+    status, headers, body = exchange(server.port, request_bytes("HEAD", "/v1/models/kmlp"))
+    error = dumps({"error": "Malformed request: HEAD /v1/models/kmlp"})
+    assert (status, headers["content-type"], int(headers["content-length"]), body) == (
+        400, "application/json", len(error), b"")
 
 
 def test_concurrent_clients_all_get_their_own_answers(server):
@@ -128,7 +162,7 @@ def test_the_latest_version_is_served_and_an_incomplete_one_refused(server, tmp_
     served = ServedModel(latest_export(run))
     assert served.version == 2 and served.status("kmlp", None, None)["model_version_status"][0]["version"] == "2"
     with pytest.raises(RequestError, match="Could not find version 1 of model kmlp"):
-        served.status("kmlp", "1", None)
+        served.status("kmlp", 1, None)
     (run_dir / "export" / "3").mkdir()  # a version folder with nothing in it
     with pytest.raises(RunError, match="not a SavedModel"):
         latest_export(run)

@@ -1,6 +1,7 @@
-"""kmlp.serving.connections: idle and slow clients against the connection cap and the timeouts
-(servers with small limits on the session's model; every socket operation has a timeout), and
-headers over the limit."""
+"""kmlp.serving.connections: request heads over the limit however they arrive, bodies over the limit
+answered to clients that send them whole, and idle and slow clients against the connection cap and
+the timeouts (servers with small limits on the session's model; every socket operation has a
+timeout)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from serving_helpers import PREDICT, Served, generate, running
+from serving_helpers import PREDICT, Served, exchange, generate, parse_answer, read_until_closed, running
 
 from kmlp.serving.app import build_app
 from kmlp.serving.limits import Limits
@@ -21,19 +22,80 @@ pytest_plugins = ["serving_fixtures"]
 
 
 # ---------------------------------------------------------------------------------------------
-# Request line and headers over the limit
+# Request line and headers over the limit, however they arrive
 
 
-def test_headers_over_the_limit_are_refused(server):
-    request = b"GET /v1/models/kmlp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 300_000 + b"\r\n\r\n"
+def head_of(size: int) -> bytes:
+    """A status request whose request line and headers, blank line included, are ``size`` bytes."""
+    start = b"GET /v1/models/kmlp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Padding: "
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+HEAD_REFUSED = {"error": f"request line and headers over {Limits.max_header_bytes:,} bytes (the limit)"}
+
+
+def test_a_head_over_the_limit_sent_whole_gets_400(server):
+    """max_header_bytes to the byte, for a head that arrives in one piece (h11's own bound holds
+    only for heads still incomplete): at the limit answered, one byte over or 40 KB refused."""
+    limit = Limits.max_header_bytes
+    status, _, body = exchange(server.port, head_of(limit))
+    assert status == 200 and json.loads(body)["model_version_status"]
+    for size in (limit + 1, 40_000):
+        status, headers, body = exchange(server.port, head_of(size))
+        assert (status, headers["content-type"], json.loads(body)) == (400, "application/json", HEAD_REFUSED)
+
+
+def test_a_head_over_the_limit_sent_in_pieces_gets_400(server):
+    """40 KB of head in 4 KiB pieces, until the server answers: the same 400, with the connection
+    closed; the server answers others after."""
+    request = head_of(40_000)
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        try:
-            sock.sendall(request)
-            answer = sock.recv(100)
-        except ConnectionResetError:  # answered and closed while the rest was still being sent
-            answer = b"reset"
-    assert answer.startswith(b"HTTP/1.1 400 ") or answer == b"reset", answer
+        for start in range(0, len(request), 4096):
+            if select.select([sock], [], [], 0.2)[0]:  # answered
+                break
+            sock.sendall(request[start:start + 4096])
+        raw, closed = read_until_closed(sock, within=10)
+    assert closed is not None and start < 30_000 and parse_answer(raw) == (400, HEAD_REFUSED)
     assert server.ok("GET", "/v1/models/kmlp")["model_version_status"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies over the limit: the rest is read and dropped, so that the client reads the answer
+
+
+BODY_REFUSED = {"error": "request body over 1,048,576 bytes (the limit)"}
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "connection-close"])
+def test_a_chunked_body_over_the_limit_is_answered_to_a_client_that_sends_it_whole(server, close):
+    """20 MB of chunked body sent whole before reading, as most clients send: 400 once the rest is
+    read and dropped (closing with it unread would reset the connection, answer unread); then the
+    connection answers the next request, or closes if the client asked."""
+    chunk = b"a" * 65_536
+    head = (f"POST {PREDICT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Transfer-Encoding: chunked\r\n{'Connection: close' if close else 'X-Keep: alive'}\r\n\r\n")
+    body = (b"10000\r\n" + chunk + b"\r\n") * 320 + b"0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode() + body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert (response.status, json.loads(response.read())) == (400, BODY_REFUSED)
+        if close:  # closed cleanly, every byte read: a reset could have lost the answer before it was read
+            assert sock.recv(1) == b""
+        else:
+            sock.sendall(b"GET /v1/models/kmlp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == 200 and json.loads(response.read())["model_version_status"]
+
+
+def test_a_body_declared_beyond_what_is_dropped_is_answered_at_once_and_closed(server):
+    """A refused body longer than max_discard_bytes is not read: 400 at once, the connection closed."""
+    with limited(server, max_body_bytes=1000, max_discard_bytes=100_000) as port, connections(port) as (sock,):
+        sock.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n{{}}"
+                     .encode())
+        raw, closed = read_until_closed(sock, within=3)
+    assert closed is not None and parse_answer(raw) == (400, {"error": "request body over 1,000 bytes (the limit)"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,31 +129,6 @@ def ask(port: int) -> tuple[int, object, float]:
     started = time.monotonic()
     status, _, answer = Served(port, None, None, None).request("GET", "/v1/models/kmlp", timeout=5)
     return status, answer, time.monotonic() - started
-
-
-def read_until_closed(sock, within: float) -> tuple[bytes, float | None]:
-    """What the server sends on ``sock`` until it closes it, and when it closed it (time.monotonic());
-    None if it is still open after ``within`` seconds."""
-    deadline, data = time.monotonic() + within, b""
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except socket.timeout:
-            break
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            return data, time.monotonic()
-        data += chunk
-    return data, None
-
-
-def parse_answer(raw: bytes) -> tuple[int, dict]:
-    """(status, JSON body) of one HTTP answer the server sent before closing."""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 "), raw[:200]
-    return int(head.split(b" ", 2)[1]), json.loads(body)
 
 
 def closed_among(socks, count: int, within: float) -> set[int]:

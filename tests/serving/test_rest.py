@@ -5,11 +5,12 @@ them."""
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from serving_helpers import LIMIT_STR, PREDICT, assert_refused_then_served, generate
+from serving_helpers import LIMIT_STR, PREDICT, assert_refused_then_served, exchange, generate
 
 from kmlp.serving.limits import Limits
 from kmlp.serving.rest import RequestError, json_to_tensor, to_json_values
@@ -35,6 +36,9 @@ BAD_REQUESTS = [
     ("list for a single value", "POST", PREDICT, generate(count=[1, 2]), "expected a single value"),
     ("single value for a list", "POST", PREDICT, {"inputs": {"context": "emm"}}, "expected a tensor of rank 1"),
     ("count beyond int32", "POST", PREDICT, generate(count=2**40), "out of range for int32"),
+    ("count beyond int64", "POST", PREDICT, generate(count=2**64), "out of range for int32"),
+    ("seed beyond int64", "POST", PREDICT, generate(seed=2**63), "9223372036854775808 is out of range for int64"),
+    ("seed below int64", "POST", PREDICT, generate(seed=-2**63 - 1), "is out of range for int64"),
     ("invalid base64", "POST", PREDICT, {"signature_name": "score", "instances": [{"b64": "***"}]},
      "unable to base64 decode"),
     ("lone surrogate", "POST", PREDICT, b'{"signature_name": "score", "instances": ["em\\ud800"]}',
@@ -59,9 +63,12 @@ def test_bad_request_gets_400_and_the_next_one_is_answered(server, what, method,
     assert_refused_then_served(server, method, path, body, message)
 
 
+BIG_INTEGERS = st.sampled_from([2**31, -2**31 - 1, 2**32, 2**63, -2**63 - 1, 2**64, 10**400, -10**400])
+
+
 def json_values(text):
     """Any JSON value: numbers (NaN and huge integers too), strings of ``text``, lists, objects."""
-    scalars = st.none() | st.booleans() | st.integers() | st.floats() | text
+    scalars = st.none() | st.booleans() | st.integers() | BIG_INTEGERS | st.floats() | text
     return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                         | st.dictionaries(text, inner, max_size=4), max_leaves=10)
 
@@ -84,6 +91,46 @@ def test_any_json_body_for_predict_gets_200_or_a_4xx_json_error(server, data):
     status, kind, answer = server.request("POST", PREDICT, json.dumps(body).encode(), timeout=60)
     assert kind == "application/json", (status, answer)
     assert status == 200 or (400 <= status < 500 and set(answer) == {"error"}), (status, answer)
+
+
+def request_heads():
+    """Requests on the REST API's paths and others: any method; model names, versions (any digits,
+    any length), labels and verbs; a Host header of this machine or not; other headers, odd or large."""
+    digits = (st.text(st.characters(categories=["Nd"]), min_size=1, max_size=25)
+              | st.integers(0, 10**30).map(str) | st.just("9" * 5000))
+    spec = st.just("") | digits.map("/versions/{}".format) | st.text(max_size=8).map("/labels/{}".format)
+    rest_path = st.builds("/v1/models/{}{}{}".format, st.sampled_from(["kmlp", "KMLP", "other", ""]), spec,
+                          st.sampled_from(["", "/metadata", ":predict", ":classify", "/", "/x"]))
+    path = rest_path | st.text(max_size=30).map("/{}".format)
+    value = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40) | st.integers(0, 30_000).map(
+        "a".__mul__)
+    header = st.tuples(st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,15}", fullmatch=True), value)
+    return st.builds(_request, st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS"]), path,
+                     st.sampled_from(["127.0.0.1", "localhost:8501", "[::1]:1", "evil.example", ""]),
+                     st.lists(header, max_size=3))
+
+
+def _request(method: str, path: str, host: str, headers: list) -> bytes:
+    lines = [f"{method} {urllib.parse.quote(path, safe='/:')} HTTP/1.1", f"Host: {host}",
+             *(f"{name}: {value}" for name, value in headers), "Content-Length: 2", "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n{}").encode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(request=request_heads())
+def test_any_request_head_gets_200_or_a_4xx_json_error(server, request):
+    """Whatever the method, path, version, Host and other headers: an answer or a 4xx JSON error in
+    TensorFlow Serving's form (headers only, for a HEAD request the server could read: a head over
+    the limit is refused unread), never a 500, a plain-text error or a traceback."""
+    status, headers, body = exchange(server.port, request)
+    assert status == 200 or 400 <= status < 500, (status, body[:300])
+    if status != 200:
+        assert headers["content-type"] == "application/json", (status, headers, body[:300])
+        if request.startswith(b"HEAD ") and request.index(b"\r\n\r\n") + 4 <= Limits.max_header_bytes:
+            assert body == b""
+        else:
+            answer = json.loads(body)
+            assert set(answer) == {"error"} and "Traceback" not in answer["error"], answer
 
 
 # ---------------------------------------------------------------------------------------------

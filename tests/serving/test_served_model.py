@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from serving_helpers import PREDICT, assert_refused_then_served, generate
 
+from kmlp.config import MAX_SEED
 from kmlp.serving.served_model import tf_error_message
 
 pytest_plugins = ["serving_fixtures"]
@@ -53,6 +54,30 @@ def test_metadata_lists_every_signature_as_the_saved_model_defines_it(server):
                 assert dims == [-1 if d is None else d for d in spec.shape.as_list()], (name, key)
     assert server.request("GET", "/v1/models/kmlp/versions/3/metadata")[2] == {
         "error": "Servable not found for request: Specific(kmlp, 3)"}
+
+
+def test_a_version_in_a_url_is_ascii_digits_for_an_int64_as_in_tensorflow_serving(server):
+    """TensorFlow Serving matches versions with RE2's \\d (ASCII digits) and reads them as int64:
+    other digits are a malformed request, a longer number cannot be converted (400), a number in
+    range is a version, found or not (404)."""
+    largest, thousands = 2**63 - 1, "1" * 5000  # an int64; more digits than Python reads by default
+    for path, status, message in (
+            ("/v1/models/kmlp/versions/%D9%A1", 400, "Malformed request: GET /v1/models/kmlp/versions/\u0661"),
+            ("/v1/models/kmlp/versions/%EF%BC%91/metadata", 400, "Malformed request: GET"),  # fullwidth 1
+            (f"/v1/models/kmlp/versions/{largest}", 404, f"Could not find version {largest} of model kmlp"),
+            (f"/v1/models/kmlp/versions/{largest + 1}", 400,
+             f"Failed to convert version: {largest + 1} to numeric."),
+            (f"/v1/models/kmlp/versions/{thousands}/metadata", 400, f"Failed to convert version: {thousands} "),
+            ("/v1/models/kmlp/versions/0001", 200, None)):
+        got = server.request("GET", path)
+        assert got[:2] == (status, "application/json"), (path, got)
+        assert message is None or got[2]["error"].startswith(message), (path, got)
+    for version, status, message in (("%D9%A1", 400, "Malformed request: POST"),
+                                     (str(largest), 404, f"Specific(kmlp, {largest})"),
+                                     (str(largest + 1), 400, f"Failed to convert version: {largest + 1} "),
+                                     (thousands, 400, "Failed to convert version: 1111")):
+        got = server.request("POST", f"/v1/models/kmlp/versions/{version}:predict", generate())
+        assert got[:2] == (status, "application/json") and message in got[2]["error"], (version, got)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +181,11 @@ BAD_REQUESTS = [
     ("count 0", "POST", PREDICT, generate(count=0), "must be from 1 to 1,000, got 0"),
     ("count negative", "POST", PREDICT, generate(count=-5), "must be from 1 to 1,000, got -5"),
     ("count 10^9", "POST", PREDICT, generate(count=10**9), "must be from 1 to 1,000, got 1,000,000,000"),
+    ("seed negative", "POST", PREDICT, generate(seed=-1), f"seed must be from 0 to {MAX_SEED}, got -1"),
+    ("seed the lowest int64", "POST", PREDICT, generate(seed=-2**63),
+     f"seed must be from 0 to {MAX_SEED}, got -9223372036854775808"),
+    ("seed over the command line's", "POST", PREDICT, generate(seed=MAX_SEED + 1),
+     f"seed must be from 0 to {MAX_SEED}, got {MAX_SEED + 1}"),
     ("max_len over the limit", "POST", PREDICT,
      {"signature_name": "generate_with_options",
       "inputs": {"count": 1, "max_len": 101, "min_len": 1, "prefix": "", "seed": 1, "temperature": 1.0,
@@ -180,6 +210,18 @@ def test_bad_request_gets_400_and_the_next_one_is_answered(server, what, method,
     assert_refused_then_served(server, method, path, body, message)
 
 
+def test_a_check_in_the_graph_answers_its_whole_message(server):
+    """The SavedModel's own message, whole, even with brackets in it (as `top_p must be in (0, 1]`)."""
+    options = {"count": 1, "max_len": 10, "min_len": 1, "prefix": "", "seed": 1, "temperature": 1.0,
+               "top_k": 0, "top_p": 1.5}
+    body = {"signature_name": "generate_with_options", "inputs": options}
+    assert server.request("POST", PREDICT, body)[::2] == (400, {"error": "top_p must be in (0, 1], got 1.5"})
+    assert server.request("POST", PREDICT, generate(seed=-2))[::2] == (
+        400, {"error": f"seed must be from 0 to {MAX_SEED}, got -2"})
+    assert server.ok("POST", PREDICT, generate(count=2, seed=MAX_SEED)) == {
+        "outputs": server.lm.sample(2, seed=MAX_SEED)}
+
+
 def test_tf_error_messages_are_cut_to_what_is_wrong():
     import tensorflow as tf
 
@@ -195,3 +237,6 @@ def test_tf_error_messages_are_cut_to_what_is_wrong():
                                                        "<stack traces unavailable>\ndims must be a vector"
                                                        "\n\t [[{{node Fill}}]] [Op:x]")
     assert tf_error_message(other) == "dims must be a vector"
+    bracket = tf.errors.InvalidArgumentError(None, None, "assertion failed: [top_p must be in (0, 1], got 2]"
+                                                         "\n\t [[{{node Assert}}]] [Op:x]")
+    assert tf_error_message(bracket) == "top_p must be in (0, 1], got 2"
