@@ -2,7 +2,10 @@
 option is checked by (without loading TensorFlow, so that the command line reports a mistake at once).
 
 Each rule is one function, used by the Python API and the command line alike; it raises
-:class:`ConfigError` with a message naming the option as the command line spells it.
+:class:`ConfigError` with a message naming the option as the command line spells it, or, for a value
+read from a configuration file, the file and its key (:class:`Naming`). Every count must be one that
+TensorFlow represents (int64), and a training must fit in this machine's memory
+(:func:`check_fits_in_memory`, estimated from the options together).
 """
 
 from __future__ import annotations
@@ -10,19 +13,68 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, fields
+import os
+import reprlib
+import sys
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 from kmlp.errors import ConfigError
+from kmlp.utils.jsonfile import read_json
 
 MAX_SEED = 2**32 - 1  # what numpy's and Python's generators (seeded by keras.utils.set_random_seed) take
+MAX_INT64 = 2**63 - 1  # TensorFlow counts steps and sizes in int64: a larger count cannot be represented
 
 
-def check_seed(value, flag: str = "--seed") -> int:
-    """``value`` if it is a valid seed (an integer from 0 to :data:`MAX_SEED`), else :class:`ConfigError`."""
-    if not _is_int(value) or not 0 <= value <= MAX_SEED:
-        raise ConfigError(f"{flag} must be an integer from 0 to {MAX_SEED}, got {value!r}")
-    return value
+class Naming:
+    """How a message names options and shows their values: as the command line spells them
+    (``--n-hidden``, ``True``; :data:`FLAGS`), or as the configuration file ``file`` does
+    (``FILE: n_hidden ...``, ``true``) for the options it set, ``keys`` (None: all of them).
+
+    Every check takes one, so that a value read from a file is reported in the file's terms.
+    """
+
+    def __init__(self, file=None, keys=None):
+        self.file = None if file is None else str(file)
+        self.keys = None if keys is None else frozenset(keys)
+
+    def from_file(self, flag: str) -> bool:
+        return self.file is not None and (self.keys is None or _key(flag) in self.keys)
+
+    def option(self, flag: str) -> str:
+        """``--n-hidden`` as the source of its value spells it."""
+        return _key(flag) if self.from_file(flag) else flag
+
+    def value(self, value, flag: str) -> str:
+        return _shown(value, as_json=self.from_file(flag))
+
+    def error(self, message: str, *flags: str) -> ConfigError:
+        """The error saying ``message`` about ``flags``, prefixed by the file if it set one of them."""
+        return ConfigError(f"{self.file}: {message}" if any(map(self.from_file, flags)) else message)
+
+    def bad(self, flag: str, rule: str, value) -> ConfigError:
+        """``--flag RULE, got VALUE`` in this naming."""
+        return self.error(f"{self.option(flag)} {rule}, got {self.value(value, flag)}", flag)
+
+
+FLAGS = Naming()
+
+
+def _key(flag: str) -> str:
+    return "jit_compile" if flag == "--jit" else flag.removeprefix("--").replace("-", "_")
+
+
+_BRIEF = reprlib.Repr()  # a value in a message: a long string or a deep list is cut short
+_BRIEF.maxstring = _BRIEF.maxother = _BRIEF.maxlong = 60
+
+
+def _shown(value, as_json: bool = False) -> str:
+    if _is_int(value) and value.bit_length() > 192:  # (str() refuses past 4,300 digits)
+        return f"an integer of {int(value.bit_length() * math.log10(2)) + 1} digits"
+    if as_json and (value is None or isinstance(value, (bool, float))):
+        return json.dumps(value)  # null, true, NaN: as the file wrote it
+    return _BRIEF.repr(value)
 
 
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving's model versions are int64
@@ -45,16 +97,38 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_positive_int(value, flag: str) -> int:
-    if not _is_int(value) or value < 1:
-        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+def check_seed(value, flag: str = "--seed", naming: Naming = FLAGS) -> int:
+    """``value`` if it is a valid seed (an integer from 0 to :data:`MAX_SEED`), else :class:`ConfigError`."""
+    if not _is_int(value) or not 0 <= value <= MAX_SEED:
+        raise naming.bad(flag, f"must be an integer from 0 to {MAX_SEED}", value)
+    return value
+
+
+def check_integer(value, flag: str, least: int = 1, naming: Naming = FLAGS, bits: int = 64) -> int:
+    """``value`` if it is an integer from ``least`` that TensorFlow represents (in ``bits``-bit
+    integers: :data:`MAX_INT64` for counts of steps and sizes)."""
+    if not _is_int(value) or value < least:
+        rule = {0: "must be 0 or a positive integer", 1: "must be a positive integer"}.get(
+            least, f"must be an integer of at least {least}")
+        raise naming.bad(flag, rule, value)
+    if value >= 2 ** (bits - 1):
+        raise naming.bad(flag, f"must be below 2**{bits - 1} (TensorFlow takes it as int{bits})", value)
     return int(value)
 
 
-def check_positive_number(value, flag: str) -> float:
+def check_positive_int(value, flag: str, naming: Naming = FLAGS) -> int:
+    return check_integer(value, flag, 1, naming)
+
+
+def check_positive_number(value, flag: str, naming: Naming = FLAGS) -> float:
     if not _is_number(value) or not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{flag} must be a positive number, got {value!r}")
+        raise naming.bad(flag, "must be a positive number", value)
     return float(value)
+
+
+def _check_non_negative(value, flag: str, naming: Naming) -> None:
+    if not _is_number(value) or not (math.isfinite(value) and value >= 0):
+        raise naming.bad(flag, "must be a number >= 0", value)
 
 
 NORMS = ("none", "batch", "layer")
@@ -64,68 +138,71 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine")
 
 
-def _choices(options) -> str:
-    return ", ".join(options[:-1]) + " or " + options[-1]
+def _check_choice(value, flag: str, options, naming: Naming) -> None:
+    if not isinstance(value, str) or value not in options:
+        raise naming.bad(flag, f"must be {', '.join(options[:-1])} or {options[-1]}", value)
 
 
 def check_model_options(block_size=3, n_embd=10, n_hidden=200, n_layers=1, dropout=0.0, rdrop=0.0,
-                        norm="none", init="glorot", precision="float32") -> None:
+                        norm="none", init="glorot", precision="float32", naming: Naming = FLAGS) -> None:
     """The rules for the model's shape and regularisation, for :meth:`Config.validate` and
     :func:`kmlp.models.mlp.build_model` alike; :class:`ConfigError` names the flag."""
     for flag, value in (("--block-size", block_size), ("--n-embd", n_embd), ("--n-hidden", n_hidden),
                         ("--n-layers", n_layers)):
-        check_positive_int(value, flag)
+        check_positive_int(value, flag, naming)
     if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"--dropout must be in [0, 1), got {dropout!r}")
-    if not _is_number(rdrop) or not (math.isfinite(rdrop) and rdrop >= 0):
-        raise ConfigError(f"--rdrop must be a number >= 0, got {rdrop!r}")
+        raise naming.bad("--dropout", "must be in [0, 1)", dropout)
+    _check_non_negative(rdrop, "--rdrop", naming)
     if rdrop and not dropout:
-        raise ConfigError("--rdrop needs --dropout above 0 (without dropout its two passes agree); "
-                          "add --rdrop 0 to train without either")
-    if norm not in NORMS:
-        raise ConfigError(f"--norm must be {_choices(NORMS)}, got {norm!r}")
-    if init not in INITS:
-        raise ConfigError(f"--init must be {_choices(INITS)}, got {init!r}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be {_choices(PRECISIONS)}, got {precision!r}")
+        rdrop_flag, dropout_flag = naming.option("--rdrop"), naming.option("--dropout")
+        raise naming.error(f"{rdrop_flag} needs {dropout_flag} above 0 (without dropout its two passes "
+                           f"agree); {rdrop_flag} 0 trains without either", "--rdrop", "--dropout")
+    _check_choice(norm, "--norm", NORMS, naming)
+    _check_choice(init, "--init", INITS, naming)
+    _check_choice(precision, "--precision", PRECISIONS, naming)
 
 
-def check_optimizer_options(optimizer="sgd", lr=0.1, weight_decay=0.0) -> None:
+def check_optimizer_options(optimizer="sgd", lr=0.1, weight_decay=0.0, naming: Naming = FLAGS) -> None:
     """The rules for the optimizer, for :meth:`Config.validate` and :func:`kmlp.models.mlp.make_optimizer`."""
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError(f"--optimizer must be {_choices(OPTIMIZERS)}, got {optimizer!r}")
-    check_positive_number(lr, "--lr")
-    if not _is_number(weight_decay) or not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ConfigError(f"--weight-decay must be a number >= 0, got {weight_decay!r}")
+    _check_choice(optimizer, "--optimizer", OPTIMIZERS, naming)
+    check_positive_number(lr, "--lr", naming)
+    _check_non_negative(weight_decay, "--weight-decay", naming)
 
 
-def check_range_test(start_lr, end_lr, num_steps) -> None:
+def check_range_test(start_lr, end_lr, num_steps, memory: int | None = None) -> None:
     """The rules for the learning-rate range test (``kmlp lr-find``,
-    :class:`kmlp.training.callbacks.lr_finder.LRFinder`)."""
+    :class:`kmlp.training.callbacks.lr_finder.LRFinder`), whose rates and losses, one of each per
+    step, must fit in ``memory`` bytes (default: this machine's)."""
     check_positive_number(start_lr, "--start-lr")
     check_positive_number(end_lr, "--end-lr")
     if end_lr <= start_lr:
         raise ConfigError(f"--end-lr ({end_lr:g}) must be above --start-lr ({start_lr:g})")
-    if not _is_int(num_steps) or num_steps < 2:
-        raise ConfigError(f"--num-steps must be an integer of at least 2, got {num_steps!r}")
+    check_integer(num_steps, "--num-steps", least=2)
+    check_kept_in_memory(num_steps, RANGE_TEST_BYTES_PER_STEP, "--num-steps", "the rates and losses of the "
+                         "range test", memory)
 
 
-def check_run_length(steps=200_000, epochs=None, minutes=None, decay_at=()) -> None:
+def check_run_length(steps=200_000, epochs=None, minutes=None, decay_at=(), naming: Naming = FLAGS) -> None:
     """The rules for how long a run trains: ``steps``; or ``epochs`` (passes over the train split)
     instead; or a time budget, ``minutes``, whose steps are planned on the machine that runs it (with
     ``steps`` then only the length that the ``decay_at`` milestones are placed for)."""
     if minutes is None:
         if epochs is None:
-            check_positive_int(steps, "--steps")
+            check_positive_int(steps, "--steps", naming)
         else:
-            check_positive_int(epochs, "--epochs")
+            check_positive_int(epochs, "--epochs", naming)
         return
-    check_positive_number(minutes, "--minutes")
+    check_positive_number(minutes, "--minutes", naming)
     if epochs is not None:
-        raise ConfigError("--minutes and --epochs both set how long the run trains; give one")
+        raise naming.error(f"{naming.option('--minutes')} and {naming.option('--epochs')} both set how "
+                           f"long the run trains; give one", "--minutes", "--epochs")
     if decay_at and not (_is_int(steps) and steps >= 1):
-        raise ConfigError(f"--decay-at with --minutes needs --steps, the run length its milestones are "
-                          f"placed for (they are scaled to the planned steps), got {steps!r}")
+        raise naming.error(f"{naming.option('--decay-at')} with {naming.option('--minutes')} needs "
+                           f"{naming.option('--steps')}, the run length its milestones are placed for "
+                           f"(they are scaled to the planned steps), got {naming.value(steps, '--steps')}",
+                           "--decay-at", "--minutes", "--steps")
+    if steps is not None:
+        check_positive_int(steps, "--steps", naming)
 
 
 SEARCH_ALGORITHMS = ("hyperband", "random")
@@ -137,8 +214,105 @@ def check_search(max_trials, max_minutes, steps, seed, algorithm) -> None:
     check_positive_number(max_minutes, "--max-minutes")
     check_positive_int(steps, "--steps")
     check_seed(seed, "--seed")
-    if algorithm not in SEARCH_ALGORITHMS:
-        raise ConfigError(f"--algorithm must be {_choices(SEARCH_ALGORITHMS)}, got {algorithm!r}")
+    _check_choice(algorithm, "--algorithm", SEARCH_ALGORITHMS, FLAGS)
+
+
+# Memory. What a training needs at least is estimated from the options together, and refused before
+# anything is built when this machine's physical memory cannot hold it. The estimate counts only
+# what must exist at once, so it errs low: a refused run could never fit, an accepted one may not.
+
+FLOAT_BYTES = 4  # weights and activations are float32 (bfloat16 products keep float32 weights)
+INDEX_BYTES = 4  # a minibatch holds int32 character indices
+MIN_VOCAB = 2  # the boundary and one character: the smallest vocabulary, before the data is read
+LIST_SLOT_BYTES = 8  # a list holds a pointer to each item
+# The range test keeps, per step, its rate in a float64 array and a rate, a loss and a smoothed loss
+# as Python floats in lists.
+RANGE_TEST_BYTES_PER_STEP = 8 + 3 * (LIST_SLOT_BYTES + sys.getsizeof(0.0))
+NAME_BYTES = LIST_SLOT_BYTES + sys.getsizeof("")  # the least a name kept in a list takes
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_kept_in_memory(count: int, bytes_each: int, flag: str, what: str, memory: int | None = None) -> None:
+    """Refuse a ``count`` (given by ``flag``) of things of ``bytes_each`` bytes, kept in memory at
+    once, that cannot fit in ``memory`` bytes (default: this machine's)."""
+    memory = machine_memory() if memory is None else memory
+    if memory and count * bytes_each > memory:
+        raise ConfigError(f"{flag} {count}: {what} would take at least {_size(count * bytes_each)} of "
+                          f"memory, more than this machine's {_size(memory)}")
+
+
+def parameter_count(vocab_size: int, block_size: int, n_embd: int, n_hidden: int, n_layers: int,
+                    norm: str = "none") -> int:
+    """The model's parameters (batch normalisation's moving statistics included)."""
+    v, t, e, h, n = vocab_size, block_size, n_embd, n_hidden, n_layers
+    per_layer = {"none": h, "batch": 4 * h, "layer": 2 * h}[norm]  # biases, or the norm's
+    return v * e + t * e * h + (n - 1) * h * h + n * per_layer + h * v + v
+
+
+MODEL_FLAGS = ("--block-size", "--n-embd", "--n-hidden", "--n-layers")
+
+
+def check_model_size(vocab_size: int, block_size: int, n_embd: int, n_hidden: int, n_layers: int,
+                     norm: str = "none", memory: int | None = None) -> None:
+    """Refuse a model whose weights alone cannot fit in ``memory`` (default: this machine's), for
+    :func:`kmlp.models.mlp.build_model`; a training needs more (:func:`check_fits_in_memory`)."""
+    memory = machine_memory() if memory is None else memory
+    size = parameter_count(vocab_size, block_size, n_embd, n_hidden, n_layers, norm) * FLOAT_BYTES
+    if memory and size > memory:
+        knobs = dict(zip(MODEL_FLAGS, (block_size, n_embd, n_hidden, n_layers)))
+        raise _too_large("a model", knobs, size, "its weights", memory, f"vocabulary of {vocab_size} tokens")
+
+
+def training_memory(config: "Config", vocab_size: int = MIN_VOCAB) -> list[tuple[str, int, tuple]]:
+    """``(what, bytes at least, the flags it grows with)`` for each part of a training's memory."""
+    slots = 2 if config.optimizer in ("adam", "adamw") else 0  # Adam's two moments; plain SGD none
+    params = parameter_count(vocab_size, config.block_size, config.n_embd, config.n_hidden,
+                             config.n_layers, config.norm)
+    # Per example: its embeddings, each hidden layer's output and gradient, the logits and theirs;
+    # with R-Drop every example goes through the network twice.
+    row = config.block_size * config.n_embd + 2 * config.n_layers * config.n_hidden + 2 * vocab_size
+    activations = row * FLOAT_BYTES * config.batch_size * (2 if config.rdrop else 1)
+    chunk = max(1, config.steps_per_call) * config.batch_size * (config.block_size + 1) * INDEX_BYTES
+    return [
+        ("the weights, their gradients and the optimizer's state", params * FLOAT_BYTES * (2 + slots),
+         (*MODEL_FLAGS, "--optimizer")),
+        ("one minibatch's activations", activations, ("--batch-size", *MODEL_FLAGS, "--rdrop")),
+        ("the minibatches of one compiled call", chunk, ("--steps-per-call", "--batch-size", "--block-size")),
+    ]
+
+
+def check_fits_in_memory(config: "Config", vocab_size: int | None = None, memory: int | None = None,
+                         naming: Naming = FLAGS) -> None:
+    """Refuse a training of ``config`` that cannot fit in ``memory`` bytes (default: this machine's
+    physical memory), with a vocabulary of ``vocab_size`` tokens (None: not known yet, so the
+    smallest there is, :data:`MIN_VOCAB`). The message names the flags of the largest part."""
+    memory = machine_memory() if memory is None else memory
+    parts = training_memory(config, vocab_size or MIN_VOCAB)
+    total = sum(size for _, size, _ in parts)
+    if memory and total > memory:
+        what, size, flags = max(parts, key=lambda part: part[1])
+        knobs = {flag: getattr(config, _key(flag)) for flag in flags}
+        vocabulary = f"vocabulary of {vocab_size} tokens" if vocab_size else \
+            f"vocabulary of {MIN_VOCAB} tokens, the smallest"
+        raise _too_large("a training", knobs, total, f"{_size(size)} for {what}", memory, vocabulary, naming)
+
+
+def _too_large(subject: str, knobs: dict, need: int, detail: str, memory: int, vocabulary: str,
+               naming: Naming = FLAGS) -> ConfigError:
+    shown = ", ".join(f"{naming.option(flag)} {naming.value(value, flag)}" for flag, value in knobs.items())
+    return naming.error(f"{subject} with {shown} needs at least {_size(need)} of memory ({detail}; with a "
+                        f"{vocabulary}), more than this machine's {_size(memory)}", *knobs)
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB"
 
 
 @dataclass
@@ -179,45 +353,59 @@ class Config:
     def __post_init__(self):
         self.validate()  # a Config is checked once, where it is made: everything downstream trusts it
 
-    def validate(self) -> "Config":
-        """This configuration, if every value is in range; else :class:`ConfigError` naming the flag."""
-        check_model_options(block_size=self.block_size, n_embd=self.n_embd, n_hidden=self.n_hidden,
-                            n_layers=self.n_layers, dropout=self.dropout, rdrop=self.rdrop, norm=self.norm,
-                            init=self.init, precision=self.precision)
-        check_optimizer_options(self.optimizer, self.lr, self.weight_decay)
-        check_positive_int(self.batch_size, "--batch-size")
-        check_run_length(self.steps, self.epochs, self.minutes, self.decay_at)
-        check_positive_number(self.decay_factor, "--decay-factor")
-        if not isinstance(self.decay_at, list) or any(not _is_int(s) or s < 1 for s in self.decay_at):
-            raise ConfigError(f"--decay-at takes positive step counts, got {self.decay_at!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"--schedule must be {_choices(SCHEDULES)}, got {self.schedule!r}")
-        check_seed(self.seed, "--seed")
-        check_seed(self.split_seed, "--split-seed")
-        if not _is_int(self.steps_per_call) or self.steps_per_call < 0:
-            raise ConfigError(f"--steps-per-call must be 0 (chosen for you) or a positive integer, "
-                              f"got {self.steps_per_call!r}")
-        if not _is_int(self.plateau_patience) or self.plateau_patience < 0:
-            raise ConfigError(f"--plateau-patience must be 0 (off) or a positive integer, "
-                              f"got {self.plateau_patience!r}")
-        if self.plateau_patience and self.decay_factor >= 1:
-            raise ConfigError(f"--plateau-patience cuts the rate by --decay-factor, which must then be "
-                              f"below 1, got {self.decay_factor!r}")
+    def validate(self, naming: Naming = FLAGS) -> "Config":
+        """This configuration, if every value is in range; else :class:`ConfigError` naming the flag
+        (or, with a file's ``naming``, the file and its key)."""
+        check_options(self, naming)
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict, source: str = "configuration") -> "Config":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+    def from_dict(cls, values: dict, source: str | None = None, naming: Naming | None = None) -> "Config":
+        """A configuration of ``values`` (the defaults for the options it lacks). ``source`` names
+        where they come from (a file: its errors name it and its keys, see :class:`Naming`)."""
+        naming = naming or (Naming(file=source) if source else FLAGS)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
-            raise ConfigError(f"{source}: unknown option(s): {', '.join(unknown)}")
-        return cls(**values)
+            shown = ", ".join(k if k.isidentifier() else _shown(k) for k in unknown[:5])
+            raise ConfigError(f"{source or 'configuration'}: unknown option(s): {shown}"
+                              + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+        check_options(SimpleNamespace(**{**{f.name: _default(f) for f in fields(cls)}, **values}), naming)
+        return cls(**values)  # (checked again, by __post_init__: in this naming first)
 
     def replace(self, **changes) -> "Config":
         return Config.from_dict({**self.to_dict(), **changes})
+
+
+def _default(f):
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def check_options(c, naming: Naming = FLAGS) -> None:
+    """Every rule of a configuration, on ``c`` (a :class:`Config`, or any object with its fields)."""
+    check_model_options(block_size=c.block_size, n_embd=c.n_embd, n_hidden=c.n_hidden,
+                        n_layers=c.n_layers, dropout=c.dropout, rdrop=c.rdrop, norm=c.norm,
+                        init=c.init, precision=c.precision, naming=naming)
+    check_optimizer_options(c.optimizer, c.lr, c.weight_decay, naming)
+    check_positive_int(c.batch_size, "--batch-size", naming)
+    check_positive_number(c.decay_factor, "--decay-factor", naming)
+    if not isinstance(c.decay_at, list) or not all(_is_int(s) and 1 <= s <= MAX_INT64 for s in c.decay_at):
+        raise naming.bad("--decay-at", "takes positive step counts below 2**63", c.decay_at)
+    check_run_length(c.steps, c.epochs, c.minutes, c.decay_at, naming)
+    _check_choice(c.schedule, "--schedule", SCHEDULES, naming)
+    check_seed(c.seed, "--seed", naming)
+    check_seed(c.split_seed, "--split-seed", naming)
+    check_integer(c.steps_per_call, "--steps-per-call", 0, naming)
+    check_integer(c.plateau_patience, "--plateau-patience", 0, naming)
+    if c.plateau_patience and c.decay_factor >= 1:
+        raise naming.error(f"{naming.option('--plateau-patience')} cuts the rate by "
+                           f"{naming.option('--decay-factor')}, which must then be below 1, got "
+                           f"{naming.value(c.decay_factor, '--decay-factor')}",
+                           "--plateau-patience", "--decay-factor")
+    if not isinstance(c.jit_compile, bool):
+        raise naming.bad("--jit", "must be true or false", c.jit_compile)
 
 
 # Named starting points for `kmlp train --preset NAME`; flags given on the command line override them.
@@ -259,18 +447,8 @@ def load_config_file(path: str | Path, base: Config | None = None) -> Config:
     The file holds some or all options (``kmlp tune`` writes all of them); a run's config.json, which
     holds them under ``"config"``, is accepted too. Options the file leaves out keep ``base``'s values.
     """
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a JSON file of options") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if isinstance(values, dict) and isinstance(values.get("config"), dict):
+    values = read_json(path, expect=dict, error=ConfigError)
+    if isinstance(values.get("config"), dict):
         values = values["config"]  # a run's config.json holds the configuration under "config"
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a JSON object of options")
     base = base or Config()
     return Config.from_dict({**base.to_dict(), **values}, source=str(path))

@@ -8,8 +8,9 @@ command line (:func:`config_from_args`); ``kmlp train`` adds its rules for how l
 from __future__ import annotations
 
 import argparse
+import os
 
-from kmlp.errors import UsageError
+from kmlp.errors import DataError, UsageError
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -78,18 +79,7 @@ def _step_list(text: str) -> list[int]:
 
 def config_from_args(args):
     """Config = preset, then the options --config FILE sets, then every flag given on the command line."""
-    from kmlp.config import Config, load_config_file, preset
-
-    config = preset(args.preset or "default")
-    if args.config:
-        config = load_config_file(args.config, base=config)
-    names = [f for f in Config.__dataclass_fields__ if getattr(args, f, None) is not None]
-    config = config.replace(**{f: getattr(args, f) for f in names})
-    if args.epochs is not None:
-        config = config.replace(steps=None)
-    if args.steps is not None or args.epochs is not None:  # a length flag replaces a file's --minutes
-        config = config.replace(minutes=None)
-    return config
+    return configure(args)[0]
 
 
 # How long `kmlp train` trains when nothing says how long: a time budget, so that a newcomer's first
@@ -101,14 +91,43 @@ def train_config_from_args(args):
     """:func:`config_from_args`, with the length rules of ``kmlp train``: ``--minutes`` or
     ``--steps``/``--epochs``, never both; with no --preset, --config or length at all,
     :data:`DEFAULT_MINUTES`."""
-    if args.minutes is not None and (args.steps is not None or args.epochs is not None):
+    return configure(args, train=True)[0]
+
+
+def configure(args, train: bool = False):
+    """``(config, naming)``: the configuration of :func:`config_from_args` (of
+    :func:`train_config_from_args` if ``train``), refused if a training of it cannot fit in this
+    machine's memory even with the smallest vocabulary; and the :class:`kmlp.config.Naming` that
+    names each option as it was given, a flag or the --config file's key (for later checks)."""
+    from kmlp.config import Config, Naming, check_fits_in_memory, load_config_file, preset
+
+    if train and args.minutes is not None and (args.steps is not None or args.epochs is not None):
         raise UsageError("--minutes and --steps/--epochs both set how long the run trains; give one "
                          "(a --minutes run records in metrics.json the --steps that repeat it exactly)")
-    config = config_from_args(args)
-    if args.minutes is None and args.steps is None and args.epochs is None and args.preset is None \
+    base = preset(args.preset or "default")
+    config = load_config_file(args.config, base=base) if args.config else base
+    given = {f: getattr(args, f) for f in Config.__dataclass_fields__ if getattr(args, f, None) is not None}
+    if args.epochs is not None:
+        given["steps"] = None
+    if args.steps is not None or args.epochs is not None:  # a length flag replaces a file's --minutes
+        given["minutes"] = None
+    if train and args.minutes is None and args.steps is None and args.epochs is None and args.preset is None \
             and args.config is None:
-        return config.replace(minutes=DEFAULT_MINUTES)
-    return config
+        given["minutes"] = DEFAULT_MINUTES
+    from_file = {f for f in Config.__dataclass_fields__ if getattr(config, f) != getattr(base, f)} - set(given)
+    naming = Naming(file=args.config, keys=from_file) if args.config else Naming()
+    config = Config.from_dict({**config.to_dict(), **given}, naming=naming)
+    check_fits_in_memory(config, naming=naming)
+    return config, naming
+
+
+def check_data_flag(data) -> None:
+    """Refuse, before any work, a --data path that a run's files (UTF-8) cannot record."""
+    from kmlp.utils.jsonfile import check_utf8_path
+
+    if data is not None:
+        for path in {os.path.abspath(data), os.path.realpath(data)}:  # a run records one, an evaluation the other
+            check_utf8_path(path, "--data", DataError)
 
 
 def add_run_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:

@@ -11,7 +11,9 @@
     kmlp serve DIR --port 8501                TensorFlow Serving's REST API and a playground page
 
 Every error in the input (files, flags, saved models, output folders) ends in a one-line message,
-``kmlp: error: ...``, and exit status 2; flags and files are checked before TensorFlow loads.
+``kmlp: error: ...``, and exit status 2; flags and files are checked before TensorFlow loads. So
+does a file the system cannot write (a full disk, a read-only file system): ``kmlp: error: PATH:
+REASON``, with what was already saved left as it was.
 Each command lives with its kind: :mod:`kmlp.cli.training` (train, lr-find, tune),
 :mod:`kmlp.cli.names` (evaluate, sample, score), :mod:`kmlp.cli.serving` (export, serve); the
 flags that build a model, in :mod:`kmlp.cli.flags`.
@@ -20,6 +22,7 @@ flags that build a model, in :mod:`kmlp.cli.flags`.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -60,18 +63,43 @@ def main(argv=None) -> int:
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate)
+    args = None
     try:
         args = build_parser().parse_args(argv)
         silence_tensorflow()
         return args.func(args)
     except ONE_LINE_ERRORS as e:
-        print(f"kmlp: error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
+    except OSError as e:  # a full disk, a read-only file system, a file gone: the system's own word
+        return fail(os_error_message(e, args))
     except KeyboardInterrupt as e:
         print("kmlp: " + ("terminated" if isinstance(e, Terminated) else "interrupted"), file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def os_error_message(error: OSError, args) -> str:
+    """``PATH: REASON`` for what the system refused; where the error names no file (a write to an open
+    file), the folder the command works in."""
+    reason = error.strerror or str(error)
+    if error.filename is not None:
+        name = error.filename
+        return f"{os.fsdecode(name) if isinstance(name, bytes) else name}: {reason}"
+    folder = getattr(args, "out", None) or getattr(args, "run_dir", None)
+    return f"{reason} (working in {folder})" if folder else reason
+
+
+def fail(message: str) -> int:
+    """Report ``message`` as the one line ``kmlp: error: MESSAGE`` on stderr, after whatever was
+    printed before it; exit status 2."""
+    try:
+        sys.stdout.flush()
+    except OSError:  # stdout's reader went away: the error still goes to stderr
+        pass
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")  # (a path or a key may hold line breaks)
+    print(f"kmlp: error: {one_line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

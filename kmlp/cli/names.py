@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 import sys
 
-from kmlp.cli.flags import add_run_command
+from kmlp.cli.flags import add_run_command, check_data_flag
 from kmlp.errors import UsageError
 
 
 def cmd_evaluate(args) -> int:
-    from kmlp.runs.lock import RunLock
+    from kmlp.runs.lock import RunLock, check_free
     from kmlp.runs.rundir import load_run
 
+    check_free(args.run_dir)  # at once: loading the run loads TensorFlow
+    check_data_flag(args.data)
     run = load_run(args.run_dir)
     with RunLock(run.path):  # checks the run can be written before the work
         from kmlp.training.evaluate import evaluate_run, record_evaluation
@@ -39,11 +41,13 @@ def add_evaluate_parser(sub) -> None:
 
 
 def cmd_sample(args) -> int:
+    from kmlp.config import check_integer
     from kmlp.generation.drawing import Sampling, check_count, pick_seed
 
     # Flags are checked before TensorFlow loads, so mistakes are reported at once.
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         prefix=args.prefix, min_len=args.min_len, max_len=args.max_len).check()
+    check_integer(args.top_k, "--top-k", least=0, bits=32)  # (the sampler takes it as a tf.int32)
     num, seed = check_count(args.num), pick_seed(args.seed)
 
     from kmlp.generation.marks import sample_run

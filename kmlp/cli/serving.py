@@ -24,9 +24,11 @@ def add_export_parser(sub) -> None:
 
 def cmd_export(args) -> int:
     from kmlp.config import check_version
+    from kmlp.runs.lock import check_free
 
     if args.version is not None:  # before TensorFlow loads
         check_version(args.version)
+    check_free(args.run_dir)  # at once, though export takes the lock after loading TensorFlow
     from kmlp.export.savedmodel import export_run
     from kmlp.runs.rundir import load_run
 

@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import time
 
-from kmlp.cli.flags import DEFAULT_MINUTES, add_model_flags, config_from_args, train_config_from_args
+from kmlp.cli.flags import DEFAULT_MINUTES, add_model_flags, check_data_flag, configure
 from kmlp.errors import UsageError
 
 
 def cmd_train(args) -> int:
     started = time.perf_counter()  # a --minutes budget counts from here: loading TensorFlow included
-    from kmlp.data.pipeline import NamesData
     from kmlp.runs.folders import check_out_dir
     from kmlp.runs.rundir import default_run_dir
 
-    config = train_config_from_args(args)
+    config, naming = configure(args, train=True)
     check_train_flags(args)
     out = check_out_dir(args.out or default_run_dir(args.preset or "default"))
-    data = NamesData.for_config(args.data, config)
+    data = read_data(args.data, config, naming)
 
     from kmlp.generation.sample import sample_names
     from kmlp.training.setup import make_strategy
@@ -35,10 +34,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def read_data(path, config, naming):
+    """The names file as ``config`` sees it, refused (before TensorFlow loads) if its path cannot be
+    recorded or a training of ``config`` with its vocabulary cannot fit in this machine's memory."""
+    from kmlp.config import check_fits_in_memory
+    from kmlp.data.pipeline import NamesData
+
+    check_data_flag(path)
+    data = NamesData.for_config(path, config)
+    check_fits_in_memory(config, len(data.vocab), naming=naming)
+    return data
+
+
 def check_train_flags(args) -> None:
     """The flags of ``kmlp train`` that no configuration holds, and TF_CONFIG for multi-worker."""
+    from kmlp.config import NAME_BYTES, check_kept_in_memory
+
     if args.samples < 0:
         raise UsageError(f"--samples must be 0 or more, got {args.samples}")
+    check_kept_in_memory(args.samples, NAME_BYTES, "--samples", "the names sampled at the end")
     if args.devices < 0:
         raise UsageError(f"--devices must be 0 (as the machine has them) or more, got {args.devices}")
     if args.strategy == "multi-worker":
@@ -84,13 +98,12 @@ def cmd_lr_find(args) -> int:
     import json
 
     from kmlp.config import check_range_test
-    from kmlp.data.pipeline import NamesData
     from kmlp.runs.folders import check_out_dir
 
-    config = config_from_args(args)
+    config, naming = configure(args)
     check_range_test(args.start_lr, args.end_lr, args.num_steps)
     check_out_dir(args.out, kind="lr_find")
-    data = NamesData.for_config(args.data, config)
+    data = read_data(args.data, config, naming)
     from kmlp.training.lr_find import range_test
 
     result, csv_path, plot_path = range_test(config, data, start_lr=args.start_lr, end_lr=args.end_lr,

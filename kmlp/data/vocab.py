@@ -6,6 +6,9 @@ gets an index of its own like any other character.
 
 from __future__ import annotations
 
+import reprlib
+import unicodedata
+
 BOUNDARY = "."
 
 
@@ -19,8 +22,15 @@ class Vocabulary:
 
     def __init__(self, chars):
         chars = list(chars)
-        if len(set(chars)) != len(chars):
-            raise ValueError("vocabulary characters must be unique")
+        seen = set()
+        for i, c in enumerate(chars, 1):
+            # A names file gives characters, none of them a control character (see kmlp.data.files),
+            # nor a lone surrogate (UTF-8 has none); a vocabulary read from a file is checked alike.
+            if not isinstance(c, str) or len(c) != 1 or unicodedata.category(c) in ("Cc", "Cs"):
+                raise ValueError(f"vocabulary entry {i} is not a character of a name: {reprlib.repr(c)}")
+            if c in seen:
+                raise ValueError(f"vocabulary characters must be unique; {c!r} is there twice")
+            seen.add(c)
         self.chars = chars  # the data's characters; chars[i] has index i + 1
         self.stoi = {c: i + 1 for i, c in enumerate(chars)}
 
@@ -66,4 +76,7 @@ class Vocabulary:
 
     @classmethod
     def from_json(cls, obj: dict) -> "Vocabulary":
+        """The vocabulary :meth:`to_json` wrote; ValueError if ``obj`` is not one."""
+        if not isinstance(obj, dict) or not isinstance(obj.get("chars"), list):
+            raise ValueError("the vocabulary is not an object holding a list of characters, \"chars\"")
         return cls(obj["chars"])

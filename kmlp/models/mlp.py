@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from kmlp.config import check_model_options, check_optimizer_options, check_positive_int
+from kmlp.config import check_model_options, check_model_size, check_optimizer_options, check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="kmlp")
@@ -136,11 +136,13 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
     Keras's mixed precision, batch normalisation computes in float32 and the logits layer is float32,
     so the logits, the softmax and the loss are float32. The policy is saved with each layer: a loaded
     model computes as the trained one did. The other defaults are the lecture's model. A value out of
-    range raises :class:`kmlp.config.ConfigError`.
+    range, or a model whose weights alone exceed this machine's memory, raises
+    :class:`kmlp.config.ConfigError`.
     """
     check_positive_int(vocab_size, "vocab_size")
     check_model_options(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers,
                         dropout=dropout, rdrop=rdrop, norm=norm, init=init, precision=precision)
+    check_model_size(vocab_size, block_size, n_embd, n_hidden, n_layers, norm)  # before TensorFlow allocates
 
     def weights(i):
         s = None if seed is None else seed + i

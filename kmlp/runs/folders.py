@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from kmlp.errors import RunError
 from kmlp.runs import manifest
 from kmlp.runs.rundir import BACKUP_IDENTITY_FILE, KEPT_ON_RETRAINING
 from kmlp.utils.atomic import new_dir_mode
+from kmlp.utils.jsonfile import check_utf8_path, read_json
 
 
 def check_out_dir(out_dir, kind: str = "run", worker: str | None = None) -> Path:
@@ -30,9 +30,10 @@ def check_out_dir(out_dir, kind: str = "run", worker: str | None = None) -> Path
     see :mod:`kmlp.runs.manifest`), or a lock or backup beside it that kmlp did not write.
 
     ``out_dir`` may be new, empty, or hold ``kind`` (a key of :data:`kmlp.runs.manifest.KINDS`) written by
-    kmlp. Its parent must be writable. Returns the folder as an absolute path.
+    kmlp. Its parent must be writable, and its name UTF-8. Returns the folder as an absolute path.
     """
     path = Path(os.path.abspath(out_dir))
+    check_utf8_path(path, "--out", RunError)  # before any work: TensorFlow writes there by name
     if path.is_symlink():
         raise RunError(f"{out_dir}: is a symbolic link; give the folder it points to ({path.resolve()})")
     here = Path.cwd().resolve()
@@ -75,16 +76,9 @@ def _read_small_json(path: Path, limit: int = 1 << 20):
     """The JSON in ``path``, read without following a symbolic link and at most ``limit`` bytes; None if
     it is anything else (a link, a folder, too large, not JSON)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
+        return read_json(path, expect=None, limit=limit, follow_symlinks=False)
+    except ValueError:
         return None
-    try:
-        text = manifest.read_bounded(fd, limit + 1)
-        return json.loads(text) if len(text) <= limit else None
-    except (OSError, ValueError, RecursionError):
-        return None
-    finally:
-        os.close(fd)
 
 
 def is_backup_dir(path) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 from kmlp.errors import RunError
 from kmlp.runs.folders import beside, check_lock_file, check_writable
 from kmlp.utils.atomic import new_file_mode
+from kmlp.utils.jsonfile import parse_json
 
 
 class RunLock:
@@ -43,13 +44,10 @@ class RunLock:
             except FileNotFoundError:
                 self._fd = self._create()  # None: another process made one meanwhile; look again
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 4096).decode("utf-8", "replace")
+            holder = _other_holder(fd)
+            if holder is not None:
                 os.close(fd)
-                raise RunError(f"{self.out_dir}: in use by another kmlp process ({_describe(holder)}); "
-                               f"wait for it to end, or choose another folder") from None
+                raise _in_use(self.out_dir, holder)
             if self._is_at_path(fd):  # a dead process's lock, ours to remove while we hold it
                 os.unlink(self.path)
             os.close(fd)
@@ -90,9 +88,34 @@ class RunLock:
             self._fd = None
 
 
-def _describe(holder: str) -> str:
+def check_free(out_dir, worker: str | None = None) -> None:
+    """Refuse at once, as :class:`RunLock` would, a folder another kmlp process holds: for a command
+    that takes the lock only after loading TensorFlow. Nothing is created or changed."""
     try:
-        info = json.loads(holder)
-        return f"pid {info['pid']}, since {info['since']}: {info['command']}"
-    except (ValueError, KeyError, TypeError):
-        return "pid unknown"
+        fd = os.open(beside(out_dir, "lock", worker), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # none there, or not a lock: RunLock says which when it is taken
+        return
+    try:
+        holder = _other_holder(fd)
+    finally:
+        os.close(fd)  # (which releases the lock, if it was taken here)
+    if holder is not None:
+        raise _in_use(Path(os.path.abspath(out_dir)), holder)
+
+
+def _other_holder(fd: int) -> str | None:
+    """Lock the open lock file ``fd`` without waiting; if another process holds it, who that is."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        try:
+            info = parse_json(os.read(fd, 4096), "lock")
+            return f"pid {info['pid']}, since {info['since']}: {info['command']}"
+        except (ValueError, KeyError):
+            return "pid unknown"
+
+
+def _in_use(out_dir: Path, holder: str) -> RunError:
+    return RunError(f"{out_dir}: in use by another kmlp process ({holder}); wait for it to end, or choose "
+                    f"another folder")

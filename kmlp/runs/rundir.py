@@ -25,7 +25,6 @@ Files and folders are created with the permissions the user's umask gives.
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from dataclasses import dataclass
@@ -33,8 +32,9 @@ from pathlib import Path
 
 from kmlp.config import Config
 from kmlp.data.vocab import Vocabulary
-from kmlp.errors import ConfigError, DataError, RunError
+from kmlp.errors import DataError, RunError
 from kmlp.runs import manifest
+from kmlp.utils import jsonfile
 from kmlp.utils.atomic import write_json
 
 MODEL_FILE = "model.keras"
@@ -107,13 +107,10 @@ def default_run_dir(preset_name: str) -> Path:
     return Path("saved_models") / preset_name
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: not valid JSON ({e})") from None
+def read_json(path: Path, expect: type = dict):
+    """One of a run's JSON files (or its backup's), a JSON object unless ``expect`` says otherwise;
+    anything else is a :class:`RunError` naming the file (see :func:`kmlp.utils.jsonfile.read_json`)."""
+    return jsonfile.read_json(path, expect=expect, error=RunError)
 
 
 def update_metrics(run_dir: Path, **values) -> dict:
@@ -129,11 +126,28 @@ def update_metrics(run_dir: Path, **values) -> dict:
 def add_evaluation(run_dir: Path, record: dict) -> list:
     """Append ``record`` (a loss measured on a names file other than the run's own) to evaluations.json."""
     path = Path(run_dir) / EVALUATIONS_FILE
-    records = read_json(path) if path.exists() else []
+    records = read_json(path, expect=list) if path.exists() else []
     records.append(record)
     write_json(path, records)
     manifest.record_files(run_dir, EVALUATIONS_FILE)
     return records
+
+
+def _configuration(info: dict, source: Path) -> tuple[Config, Vocabulary]:
+    """The configuration and vocabulary a run's config.json holds, or RunError naming it."""
+    try:
+        values = info.get("config")
+        if not isinstance(values, dict):
+            raise TypeError("no \"config\" object")
+        if not isinstance(info.get("data"), (str, type(None))):
+            raise TypeError("\"data\" is not the path of a names file")
+        if "split_seed" not in values and "seed" in values:
+            values = {**values, "split_seed": values["seed"]}  # runs from before split_seed split by their seed
+        config = Config.from_dict(values, source=str(source))
+        vocab = Vocabulary.from_json(info.get("vocab"))
+    except (TypeError, ValueError) as e:  # ConfigError is a ValueError
+        raise RunError(f"{source}: not a kmlp configuration ({str(e).removeprefix(f'{source}: ')})") from None
+    return config, vocab
 
 
 def load_run(run_dir: str | os.PathLike, compile: bool = False) -> Run:
@@ -149,14 +163,9 @@ def load_run(run_dir: str | os.PathLike, compile: bool = False) -> Run:
     if not model_path.exists() or not (path / CONFIG_FILE).exists():
         raise RunError(f"{path}: holds no kmlp model (expected {MODEL_FILE} and {CONFIG_FILE})")
     info = read_json(path / CONFIG_FILE)
-    try:
-        values = dict(info["config"])
-        if "split_seed" not in values and "seed" in values:
-            values["split_seed"] = values["seed"]  # runs from before split_seed split by their seed
-        config = Config.from_dict(values, source=str(path / CONFIG_FILE))
-        vocab = Vocabulary.from_json(info["vocab"])
-    except (KeyError, TypeError, ConfigError, ValueError) as e:
-        raise RunError(f"{path / CONFIG_FILE}: not a kmlp configuration ({e})") from None
+    config, vocab = _configuration(info, path / CONFIG_FILE)
+    if not model_path.is_file():
+        raise RunError(f"{model_path}: not a regular file, so not a Keras archive")
     if not zipfile.is_zipfile(model_path):
         raise RunError(f"{model_path}: corrupt or truncated (not a Keras archive)")
     import keras  # only now: the checks above answer without loading TensorFlow

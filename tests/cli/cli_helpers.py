@@ -1,7 +1,12 @@
 """What the tests of kmlp.cli share: running ``kmlp`` in this process, the one-line error it must
 print, tiny model flags, and one tiny trained run for the whole session."""
 
-from conftest import train_tiny_run
+import json
+import subprocess
+import sys
+import textwrap
+
+from conftest import ROOT, train_tiny_run
 
 from kmlp.cli import main as cli
 
@@ -26,6 +31,30 @@ def assert_one_line_error(code, err, *needles):
     for needle in needles:
         assert str(needle) in lines[0], (needle, err)
     return lines[0]
+
+
+_IN_ONE_PROCESS = textwrap.dedent("""
+    import contextlib, io, json, sys
+    from kmlp.cli.main import main
+    from kmlp.utils.quiet import silence_tensorflow
+    silence_tensorflow()  # now, not in the first main(): it replaces sys.stderr, which is redirected below
+    results = []
+    for argv in json.loads(sys.argv[1]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(argv)
+        results.append([code, err.getvalue()])
+    print(json.dumps({"results": results, "tensorflow": "tensorflow" in sys.modules}))
+""")
+
+
+def main_in_a_fresh_process(*argvs):
+    """``kmlp ARGV`` for each ARGV, in one new process: ``([(exit status, stderr), ...], whether
+    TensorFlow was loaded)``."""
+    done = subprocess.run([sys.executable, "-c", _IN_ONE_PROCESS, json.dumps([list(map(str, a)) for a in argvs])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout)
+    return [tuple(result) for result in report["results"]], report["tensorflow"]
 
 
 _trained = {}

@@ -1,16 +1,14 @@
 """kmlp.cli.main: every mistake as one line and exit 2 (checked in this process through ``main``; one
 fresh process shows what a user sees, and that TensorFlow was not loaded), SIGTERM as Ctrl-C."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
-from cli_helpers import NOISE, TINY_MODEL, assert_one_line_error, main
+from cli_helpers import NOISE, TINY_MODEL, assert_one_line_error, main, main_in_a_fresh_process
 from conftest import ROOT, TINY_WORDS, run_cli
 
 from kmlp.runs import rundir
@@ -67,17 +65,6 @@ def test_a_fresh_process_reports_mistakes_before_loading_tensorflow_and_shows_no
     assert not any(word in done.stdout + done.stderr for word in NOISE) and not (tmp_path / "run").exists()
     bad_names = tmp_path / "bad.txt"
     bad_names.write_bytes(b"emma\nav\x00a\n")
-    script = textwrap.dedent("""
-        import contextlib, io, json, sys
-        from kmlp.cli.main import main
-        results = []
-        for argv in json.loads(sys.argv[1]):
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err):
-                code = main(argv)
-            results.append([code, err.getvalue()])
-        print(json.dumps({"results": results, "tensorflow": "tensorflow" in sys.modules}))
-    """)
     mistakes = [["train", "--data", str(tiny_names_file), "--steps", "0"], ["tune", "--max-minutes", "inf"],
                 ["train", "--data", str(tiny_names_file), "--minutes", "0"],
                 ["lr-find", "--end-lr", "0"], ["train", "--out", str(tiny_names_file)], ["evaluate"],
@@ -85,11 +72,9 @@ def test_a_fresh_process_reports_mistakes_before_loading_tensorflow_and_shows_no
                 ["sample", "run", "--temperature", "inf"], ["score", "run"], ["export", "run", "--version", "0"],
                 ["serve", "run", "--port", "70000"], ["score", "run", "--file", str(tmp_path / "missing.txt")],
                 ["score", "run", "--file", str(bad_names)]]
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(mistakes)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
-    report = json.loads(done.stdout)
-    assert [code for code, _ in report["results"]] == [2] * len(mistakes), report
-    assert report["tensorflow"] is False  # every mistake was found before TensorFlow loaded
+    results, tensorflow = main_in_a_fresh_process(*mistakes)
+    assert [code for code, _ in results] == [2] * len(mistakes), results
+    assert tensorflow is False  # every mistake was found before TensorFlow loaded
 
 
 @pytest.mark.parametrize("command", ["sample", "evaluate", "export"])

@@ -40,7 +40,7 @@ def test_evaluate_on_another_file_is_recorded_apart_with_its_hash(tiny_run, tmp_
     code, printed, err = main(capsys, "evaluate", out, "--data", other)
     assert code == 0, err
     assert (out / "metrics.json").read_bytes() == before  # the run's own figures are untouched
-    [record] = rundir.read_json(out / "evaluations.json")
+    [record] = rundir.read_json(out / "evaluations.json", expect=list)
     assert record["data"] == str(other.resolve()) and len(record["data_sha256"]) == 64
     assert record["split"] == "dev" and f"{record['loss']:.4f}" in printed and str(other) in printed
 

@@ -199,12 +199,35 @@ def test_a_run_from_before_split_seed_splits_by_its_seed(tiny_run_dir, tmp_path)
     ("no model", "holds no kmlp model"), ("truncated", "corrupt or truncated"),
     ("garbage", "corrupt or truncated"), ("damaged member", "cannot be loaded"),
     ("vocabulary", "disagree"), ("config", "not a kmlp configuration"), ("lambda", "Lambda|safe_mode"),
+    ("model is /dev/zero", r"model\.keras: not a regular file"),
+    ("deep config", r"config\.json: not valid JSON \(nested too deeply\)"),
+    ("integer character", "vocabulary entry 1 is not a character of a name: 1"),
+    ("two-letter character", "vocabulary entry 2 is not a character of a name: 'bc'"),
+    ("repeated character", "vocabulary characters must be unique; 'a' is there twice"),
+    ("config not an object", r"config\.json: expected a JSON object, found an array"),
+    ("metrics not an object", r"metrics\.json: expected a JSON object, found a number"),
 ])
 def test_a_damaged_run_is_refused_with_a_clear_message(damage, message, tiny_run_dir, tmp_path):
     run_dir = copy_run(tiny_run_dir, tmp_path / "run")
     model_file = run_dir / "model.keras"
     good = model_file.read_bytes()
-    if damage == "no model":
+    info = json.loads((run_dir / "config.json").read_text())
+    chars = {"integer character": [1, *info["vocab"]["chars"][1:]],
+             "two-letter character": ["a", "bc", *info["vocab"]["chars"][2:]],
+             "repeated character": ["a", *info["vocab"]["chars"][:-1]]}
+    if damage in chars:
+        info["vocab"]["chars"] = chars[damage]
+        (run_dir / "config.json").write_text(json.dumps(info))
+    elif damage == "model is /dev/zero":  # (reading it whole took half a minute, then ran out of memory)
+        model_file.unlink()
+        model_file.symlink_to("/dev/zero")
+    elif damage == "deep config":
+        (run_dir / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    elif damage == "config not an object":
+        (run_dir / "config.json").write_text("[]")
+    elif damage == "metrics not an object":
+        (run_dir / "metrics.json").write_text("3")
+    elif damage == "no model":
         model_file.unlink()
     elif damage == "truncated":
         model_file.write_bytes(good[: len(good) // 2])
@@ -216,7 +239,6 @@ def test_a_damaged_run_is_refused_with_a_clear_message(damage, message, tiny_run
                 body = src.read(item)
                 dst.writestr(item, body[: len(body) // 3] if item.filename.endswith(".h5") else body)
     elif damage in ("vocabulary", "config"):
-        info = json.loads((run_dir / "config.json").read_text())
         if damage == "vocabulary":
             info["vocab"]["chars"] = info["vocab"]["chars"][:-2]
         else:
