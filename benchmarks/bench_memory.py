@@ -42,9 +42,13 @@ def main() -> None:
     p.add_argument("run_dir", help="run directory written by kmlp train")
     p.add_argument("--max-names", type=int, default=1_000_000,
                    help="largest -n and scored list (default 1,000,000; 10,000,000 takes minutes)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[2_000, 200_000], metavar="CHARS",
+                   help="lengths of the one long name scored after 10,000 short ones (default 2000 200000)")
     args = p.parse_args()
     if args.max_names < 10_000:
         p.error(f"--max-names must be at least 10000, got {args.max_names}")
+    if min(args.lengths) < 1:
+        p.error(f"--lengths must be positive, got {min(args.lengths)}")
     sizes = [n for n in (10_000, 100_000, 1_000_000, 10_000_000) if n <= args.max_names]
     print(f"{'command':<46} {'peak MiB':>9} {'seconds':>8}")
     for n in sizes:
@@ -56,7 +60,7 @@ def main() -> None:
             names.write_text("emma\nolivia\nava\nisabella\nsophia\n" * (n // 5), encoding="utf-8")
             peak, seconds = peak_of(["score", args.run_dir, "--file", "-"], stdin_path=names)
             print(f"{f'kmlp score --file - ({n:,} names)':<46} {peak:9.0f} {seconds:8.1f}")
-        for length in (2_000, 200_000):
+        for length in args.lengths:
             names = Path(tmp) / f"long_{length}.txt"
             names.write_text("emma\n" * 10_000 + "a" * length + "\n", encoding="utf-8")
             peak, seconds = peak_of(["score", args.run_dir, "--file", str(names)], status=2)  # as train refuses it

@@ -217,6 +217,17 @@ def check_search(max_trials, max_minutes, steps, seed, algorithm) -> None:
     _check_choice(algorithm, "--algorithm", SEARCH_ALGORITHMS, FLAGS)
 
 
+MAX_DEVICES = 64  # logical CPUs for trying --strategy mirrored: each holds a copy of the model
+
+
+def check_devices(devices) -> int:
+    """``devices`` if it is a number of logical CPU devices kmlp may split the CPU into (0: none)."""
+    if not _is_int(devices) or not 0 <= devices <= MAX_DEVICES:
+        raise ConfigError(f"--devices must be an integer from 0 (the devices as the machine has them) to "
+                          f"{MAX_DEVICES}, got {devices!r}")
+    return devices
+
+
 # Memory. What a training needs at least is estimated from the options together, and refused before
 # anything is built when this machine's physical memory cannot hold it. The estimate counts only
 # what must exist at once, so it errs low: a refused run could never fit, an accepted one may not.

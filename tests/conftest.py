@@ -42,24 +42,26 @@ def tiny_names_file(tmp_path) -> Path:
     return path
 
 
-def train_tiny_run(root: Path):
-    """Train a small model on TINY_WORDS for 60 steps into ``root/run`` and load it back."""
+def train_tiny_run(root: Path, steps_per_call: int = 0):
+    """Train a small model on TINY_WORDS for 60 steps (in calls of ``steps_per_call``; 0: as kmlp
+    chooses) into ``root/run`` and load it back."""
     from kmlp.config import Config
     from kmlp.runs.rundir import load_run
     from kmlp.training.train import train
 
     words = root / "tiny.txt"
     words.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
-    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3)
+    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3,
+                    steps_per_call=steps_per_call)
     train(config, data_path=words, out_dir=root / "run", verbose=0, log=lambda *_: None)
     return load_run(root / "run")
 
 
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory) -> Path:
-    """The run :func:`train_tiny_run` writes, trained once for the session: read it as it is, and
-    change only a copy of it (:func:`copy_run`)."""
-    return train_tiny_run(tmp_path_factory.mktemp("tiny")).path
+    """A run of :func:`train_tiny_run` in calls of 5 steps (4 evaluations of 3 calls), trained once
+    for the session: read it as it is, and change only a copy of it (:func:`copy_run`)."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny"), steps_per_call=5).path
 
 
 def copy_run(run_dir: Path, dest: Path) -> Path:

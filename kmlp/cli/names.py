@@ -41,13 +41,11 @@ def add_evaluate_parser(sub) -> None:
 
 
 def cmd_sample(args) -> int:
-    from kmlp.config import check_integer
     from kmlp.generation.drawing import Sampling, check_count, pick_seed
 
     # Flags are checked before TensorFlow loads, so mistakes are reported at once.
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         prefix=args.prefix, min_len=args.min_len, max_len=args.max_len).check()
-    check_integer(args.top_k, "--top-k", least=0, bits=32)  # (the sampler takes it as a tf.int32)
     num, seed = check_count(args.num), pick_seed(args.seed)
 
     from kmlp.generation.marks import sample_run

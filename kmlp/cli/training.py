@@ -48,13 +48,12 @@ def read_data(path, config, naming):
 
 def check_train_flags(args) -> None:
     """The flags of ``kmlp train`` that no configuration holds, and TF_CONFIG for multi-worker."""
-    from kmlp.config import NAME_BYTES, check_kept_in_memory
+    from kmlp.config import NAME_BYTES, check_devices, check_kept_in_memory
 
     if args.samples < 0:
         raise UsageError(f"--samples must be 0 or more, got {args.samples}")
     check_kept_in_memory(args.samples, NAME_BYTES, "--samples", "the names sampled at the end")
-    if args.devices < 0:
-        raise UsageError(f"--devices must be 0 (as the machine has them) or more, got {args.devices}")
+    check_devices(args.devices)
     if args.strategy == "multi-worker":
         if args.devices:
             raise UsageError("--devices applies to --strategy mirrored; each worker of --strategy "

@@ -85,7 +85,7 @@ class ServingModel(NameModel):
 
     draws_up_front = True
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="context")])
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="context")])
     def next_char(self, context):
         ids = self.encode(context, boundary_ok=True)
         checks = self._batch_checks(context, "contexts") + [
@@ -94,20 +94,20 @@ class ServingModel(NameModel):
         with tf.control_dependencies([_checked(checks)]):
             return {"probabilities": self.next_probs(self.context_ids(context)), "tokens": self.tokens}
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="count"),
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([], tf.int32, name="count"),
                                   tf.TensorSpec([], tf.int64, name="seed"),
                                   tf.TensorSpec([], tf.float32, name="temperature")])
     def generate_plain(self, count, seed, temperature):
         return self._generate(count, seed, temperature, tf.constant(""))
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="count"),
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([], tf.int32, name="count"),
                                   tf.TensorSpec([], tf.int64, name="seed"),
                                   tf.TensorSpec([], tf.float32, name="temperature"),
                                   tf.TensorSpec([], tf.string, name="prefix")])
     def generate_with_prefix(self, count, seed, temperature, prefix):
         return self._generate(count, seed, temperature, prefix)
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="count"),
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([], tf.int32, name="count"),
                                   tf.TensorSpec([], tf.int64, name="seed"),
                                   tf.TensorSpec([], tf.float32, name="temperature"),
                                   tf.TensorSpec([], tf.int32, name="top_k"),
@@ -118,7 +118,7 @@ class ServingModel(NameModel):
     def generate_with_options(self, count, seed, temperature, top_k, top_p, prefix, min_len, max_len):
         return self._generate(count, seed, temperature, prefix, top_k, top_p, min_len, max_len)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="names")])
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="names")])
     def score_names(self, names):
         with tf.control_dependencies([_checked(self._batch_checks(names, "names"))]):
             total, tokens = self.log_likelihood(names)

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from kmlp.data.files import MAX_NAME_LENGTH  # --max-len and SavedModel names: as long as a name read
+from kmlp.config import check_integer
 from kmlp.errors import ConfigError
 
 MAX_LEN = 50             # default longest name, in characters (the longest in names.txt has 15)
@@ -126,8 +127,7 @@ class Sampling:
         if not (_is_number(t) and 0 < t <= MAX_FLOAT32):
             raise ConfigError(f"--temperature must be a positive number (at most {MAX_FLOAT32:.3g}), "
                               f"got {t!r}")
-        if not is_integer(self.top_k) or self.top_k < 0:
-            raise ConfigError(f"--top-k must be 0 (all characters) or more, got {self.top_k!r}")
+        check_integer(self.top_k, "--top-k", least=0, bits=32)  # (the sampler takes it as a tf.int32)
         if not (_is_number(self.top_p) and 0 < self.top_p <= 1):
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p!r}")
         if not is_integer(self.max_len) or not 1 <= self.max_len <= MAX_NAME_LENGTH:

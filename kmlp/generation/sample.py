@@ -191,7 +191,7 @@ class NameModel(tf.Module):
 
     # -- compiled entry points ------------------------------------------------------------------
 
-    @tf.function(input_signature=[
+    @tf.function(autograph=False, input_signature=[
         tf.TensorSpec([], tf.int32, name="count"), tf.TensorSpec([], tf.int64, name="seed"),
         tf.TensorSpec([], tf.int64, name="first_row"), tf.TensorSpec([], tf.float32, name="temperature"),
         tf.TensorSpec([], tf.int32, name="top_k"), tf.TensorSpec([], tf.float32, name="top_p"),
@@ -201,7 +201,7 @@ class NameModel(tf.Module):
         return self.generate_names(count, seed, first_row, temperature, top_k, top_p, prefix, min_len,
                                    max_len)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="names")])
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="names")])
     def score_graph(self, names):
         return self.log_likelihood(names)
 

@@ -74,6 +74,7 @@ class CharMLP(keras.Model):
         forks = any(isinstance(layer, TwoPasses) for layer in self.layers)
         return (x if forks else twice(x), *map(twice, targets))
 
+    @tf.autograph.experimental.do_not_convert  # plain graph code: converting it only costs tracing time
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if x.shape.rank != 3 or sample_weight is not None:

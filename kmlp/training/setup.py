@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from kmlp.config import Config
+from kmlp.config import Config, check_devices
 from kmlp.data.pipeline import NamesData
 from kmlp.errors import ConfigError
 from kmlp.models.mlp import build_model, compile_model, make_optimizer
@@ -77,7 +77,7 @@ def make_strategy(name: str = "default", devices: int = 0) -> tf.distribute.Stra
     >>> strategy = make_strategy("mirrored", devices=2)
     >>> train(config, "names.txt", strategy=strategy)
     """
-    if devices:
+    if check_devices(devices):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
     if name == "default":

@@ -31,7 +31,7 @@ def test_bench_litert_reports_size_and_one_name_latency(tiny_run_dir):
 
 
 def test_bench_memory_reports_the_peak_of_each_command(tiny_run_dir):
-    out = bench("bench_memory.py", tiny_run_dir, "--max-names", 10_000)
+    out = bench("bench_memory.py", tiny_run_dir, "--max-names", 10_000, "--lengths", 200_000)
     assert re.search(r"kmlp sample -n 10,000\s+\d+\s+[\d.]+", out), out
     assert re.search(r"kmlp score --file - \(10,000 names\)\s+\d+", out), out
     assert re.search(r"kmlp score: 10,000 names \+ one of 200,000 chars\s+\d+", out), out

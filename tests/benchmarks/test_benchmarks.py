@@ -1,5 +1,6 @@
 """benchmarks/bench_train.py runs end to end with tiny step counts (a smoke test; nothing is timed)."""
 
+import importlib
 import importlib.util
 import json
 import os
@@ -20,11 +21,34 @@ def run_bench(*args, env_extra=None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def benchmark_module(name: str):
+    """``benchmarks/NAME.py``, imported (its main() is not run)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def bench_best_output(capsys, *args) -> str:
+    """What ``benchmarks/bench_best.py ARGS`` prints, run in this process (TensorFlow is loaded)."""
+    capsys.readouterr()
+    assert benchmark_module("bench_best").main([str(a) for a in args]) in (0, None)
+    out = capsys.readouterr().out
+    print(out)
+    return out
+
+
 def without_torch(tmp_path) -> dict:
     """An environment in which ``import torch`` fails, as where only ``.[test]`` is installed."""
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch hidden for this test')\n")
     return {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+
+
+def too_short(stderr: str) -> str | None:
+    """kmlp's error line when a --minutes budget is too short on this machine (a busy one)."""
+    return next((line for line in stderr.splitlines() if "is too short for this run on this machine" in line), None)
 
 
 @pytest.mark.integration
@@ -73,35 +97,45 @@ def test_bad_flag_values_are_refused(tmp_path):
 @pytest.mark.integration
 def test_presets_table_trains_evaluates_and_prints_rows(names_path, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "presets_table.py"), "--presets", "fast",
-                           "--budgets", "fast:0.25", "--out-root", str(tmp_path), "--data", str(names_path)],
+                           "--budgets", "--out-root", str(tmp_path), "--data", str(names_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    # each row goes to stderr as its run ends: the preset's is there even if the budget's run failed
-    fast = next((r for r in done.stderr.splitlines() if r.startswith("| `fast` preset |")), None)
-    assert fast, done.stderr[-2000:]
-    steps, train, dev, test = (float(v.strip(" *").replace(",", "")) for v in fast.split("|")[3:7])
-    assert steps == 1200 and 2.0 < train < dev < 2.17 and 2.0 < test < 2.2
-    assert "`kmlp train --preset fast`" in fast
-    too_short = [line for line in done.stderr.splitlines() if "is too short for this run on this machine" in line]
-    if too_short:
-        pytest.skip(f"the machine is too busy for a 15-second run: {too_short[0]}")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = done.stdout.splitlines()
     assert rows[0].startswith("| run | params | steps | train | dev | test |")
-    assert fast in rows and any("1.993" in r for r in rows)
-    timed = next(r for r in rows if r.startswith("| `fast` preset, a 0.25-minute budget on this machine |"))
-    planned = json.loads((tmp_path / "fast-0.25min" / "metrics.json").read_text())["budget"]["planned_steps"]
-    assert f"| {planned:,} |" in timed and "`kmlp train --preset fast --minutes 0.25`" in timed
+    fast = next(r for r in rows if r.startswith("| `fast` preset |"))
+    assert fast in done.stderr  # each row goes to stderr as its run ends
+    steps, train, dev, test = (float(v.strip(" *").replace(",", "")) for v in fast.split("|")[3:7])
+    assert steps == 1200 and 2.0 < train < dev < 2.17 and 2.0 < test < 2.2
+    assert "`kmlp train --preset fast`" in fast and any("1.993" in r for r in rows)
+
+
+def test_a_budget_row_gives_the_steps_the_run_planned_and_its_command(tmp_path, monkeypatch):
+    """A --minutes run's row, from the metrics.json kmlp writes (here written in its place)."""
+    presets_table = benchmark_module("presets_table")
+    commands = []
+
+    def kmlp(*args):
+        commands.append(args)
+        if args[0] == "train":
+            out = tmp_path / "best-0.25min"
+            out.mkdir()
+            (out / "metrics.json").write_text(json.dumps({
+                "params": 76_579, "steps": 1_234, "train_loss": 2.1, "dev_loss": 2.2, "test_loss": 2.21,
+                "seconds": 75.4, "budget": {"minutes": 0.25, "planned_steps": 1_234}}))
+
+    monkeypatch.setattr(presets_table, "kmlp", kmlp)
+    row = presets_table.run_preset("best", tmp_path, "names.txt", minutes=0.25)
+    assert commands == [("train", "--preset", "best", "--minutes", "0.25", "--out", str(tmp_path / "best-0.25min"),
+                         "--quiet", "--samples", "0", "--data", "names.txt"),
+                        ("evaluate", str(tmp_path / "best-0.25min"), "--split", "test")]
+    assert row == ("| `best` preset, a 0.25-minute budget on this machine | 76,579 | 1,234 | 2.1000 | **2.2000** | "
+                   "2.2100 | 1 min 15 s | `kmlp train --preset best --minutes 0.25` |")
 
 
 @pytest.mark.integration
-def test_bench_best_prints_both_recipes_side_by_side_and_a_verdict(names_path):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_best.py"), "--steps", "100",
-                           "--target", "2.8", "--rounds", "1", "--chunk", "5", "--n-hidden", "32", "--data",
-                           str(names_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    out = done.stdout
-    print(out)
+def test_bench_best_prints_both_recipes_side_by_side_and_a_verdict(names_path, capsys):
+    out = bench_best_output(capsys, "--steps", "100", "--target", "2.8", "--rounds", "1", "--chunk", "5",
+                            "--n-hidden", "32", "--data", names_path)
     assert "before: float32, XLA: 100 steps at batch 1024, float32, XLA, rdrop 1" in out
     assert "now: --preset best (mixed_bfloat16): 100 steps at batch 1024, mixed_bfloat16, no XLA" in out
     assert len(re.findall(r"dev loss <= 2.8 first at step 100: \d+ s, \d+ CPU-seconds", out)) == 2
@@ -112,11 +146,7 @@ def test_bench_best_prints_both_recipes_side_by_side_and_a_verdict(names_path):
 
 
 def test_both_loops_train_on_kmlps_split_whatever_the_seed(tiny_names_file):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_train
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    bench_train = benchmark_module("bench_train")
     from kmlp.config import preset
     from kmlp.data.pipeline import NamesData
 
@@ -127,27 +157,24 @@ def test_both_loops_train_on_kmlps_split_whatever_the_seed(tiny_names_file):
 
 @pytest.mark.integration
 def test_minutes_bench_prints_a_row_per_budget(tiny_names_file):
-    flags = "--block-size 3 --n-embd 4 --n-hidden 16 --batch-size 8 --no-jit --decay-at none --minutes 0.2"
+    flags = "--block-size 3 --n-embd 4 --n-hidden 16 --batch-size 8 --no-jit --decay-at none --minutes 0.3"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_minutes.py"), flags, "--data",
                            str(tiny_names_file)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    if "is too short for this run on this machine" in done.stderr:
-        pytest.skip(f"the machine is too busy for a 12-second run: {done.stderr.strip()[-200:]}")
+    if too_short(done.stderr):
+        pytest.skip(f"the machine is too busy for an 18-second run: {too_short(done.stderr)}")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = done.stdout.splitlines()
     assert rows[0].startswith("| command | budget | took | steps planned |") and len(rows) == 3
-    assert re.match(rf"\| `kmlp train {flags}` \| 12 s \| [\d.]+ s \| [\d,]+ \| [\d,.]+; [\d.]+ s; [\d.]+ s; "
+    assert re.match(rf"\| `kmlp train {flags}` \| 18 s \| [\d.]+ s \| [\d,]+ \| [\d,.]+; [\d.]+ s; [\d.]+ s; "
                     rf"[\d.]+ s \|$", rows[2]), rows[2]
     assert "load average" in done.stderr
 
 
 @pytest.mark.integration
-def test_bench_best_skip_full_times_only_the_two_recipes_steps(names_path):
+def test_bench_best_skip_full_times_only_the_two_recipes_steps(names_path, capsys):
     """The README's check for another CPU: the step costs alone, no full runs."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_best.py"), "--skip-full",
-                           "--rounds", "1", "--chunk", "5", "--n-hidden", "32", "--data", str(names_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    out = done.stdout
+    out = bench_best_output(capsys, "--skip-full", "--rounds", "1", "--chunk", "5", "--n-hidden", "32",
+                            "--data", names_path)
     assert "first at step" not in out and "verdict" not in out  # no full runs
     assert "step cost side by side: 1 rounds of 5 steps of each, alternated" in out
     assert re.search(r"a step of the new recipe costs [\d.]+ of the old one's in wall time, [\d.]+ in CPU", out)

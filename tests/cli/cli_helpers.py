@@ -1,12 +1,12 @@
 """What the tests of kmlp.cli share: running ``kmlp`` in this process, the one-line error it must
-print, tiny model flags, and one tiny trained run for the whole session."""
+print, and tiny model flags."""
 
 import json
 import subprocess
 import sys
 import textwrap
 
-from conftest import ROOT, train_tiny_run
+from conftest import ROOT
 
 from kmlp.cli import main as cli
 
@@ -55,13 +55,3 @@ def main_in_a_fresh_process(*argvs):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     report = json.loads(done.stdout)
     return [tuple(result) for result in report["results"]], report["tensorflow"]
-
-
-_trained = {}
-
-
-def tiny_run_path(tmp_path_factory):
-    """A run trained once per session (in the session's temporary folder); copy it to change it."""
-    if "run" not in _trained:
-        _trained["run"] = train_tiny_run(tmp_path_factory.mktemp("cli")).path
-    return _trained["run"]

@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from cli_helpers import TINY_MODEL, assert_one_line_error, main, main_in_a_fresh_process, tiny_run_path
+from cli_helpers import TINY_MODEL, assert_one_line_error, main, main_in_a_fresh_process
 
 from kmlp.cli.main import os_error_message
 from kmlp.runs import manifest
@@ -34,6 +34,7 @@ def test_what_cannot_be_represented_or_held_in_memory_is_refused_before_tensorfl
         ([*train, "--batch-size", str(10**15)], "a training with --batch-size 1000000000000000"),
         ([*train, "--samples", str(10**15)], "--samples 1000000000000000: the names sampled at the end would take"),
         (["sample", tmp_path / "run", "--top-k", BEYOND_INT64], "--top-k must be below 2**31"),
+        ([*train, "--strategy", "mirrored", "--devices", "65"], "--devices must be an integer from 0 (the devices as"),
         (["lr-find", "--num-steps", BEYOND_INT64], "--num-steps must be below 2**63"),
         (["lr-find", "--num-steps", str(10**15)], "the rates and losses of the range test would take"),
         (["tune", "--steps", BEYOND_INT64, "--out", tmp_path / "tuning"], "--steps must be below 2**63"),
@@ -77,8 +78,8 @@ def test_an_os_error_is_its_path_and_the_systems_reason():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    return tiny_run_path(tmp_path_factory)
+def tiny_run(tiny_run_dir):
+    return tiny_run_dir
 
 
 def tree(path):

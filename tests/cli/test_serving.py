@@ -3,14 +3,14 @@
 import shutil
 
 import pytest
-from cli_helpers import TINY_MODEL, main, tiny_run_path
+from cli_helpers import TINY_MODEL, main
 
 from kmlp.runs import rundir
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    return tiny_run_path(tmp_path_factory)
+def tiny_run(tiny_run_dir):
+    return tiny_run_dir
 
 
 def test_export_and_evaluate_work_beside_a_users_file_and_retraining_keeps_the_exports(tiny_run, tmp_path,

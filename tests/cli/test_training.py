@@ -5,15 +5,15 @@ import re
 import shutil
 
 import pytest
-from cli_helpers import TINY_MODEL, assert_one_line_error, main, tiny_run_path
+from cli_helpers import TINY_MODEL, assert_one_line_error, main
 
 from kmlp.runs import rundir
 from kmlp.training import budget
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    return tiny_run_path(tmp_path_factory)
+def tiny_run(tiny_run_dir):
+    return tiny_run_dir
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,16 +3,16 @@
 import dataclasses
 
 import pytest
-from conftest import train_tiny_run
 
 from kmlp.errors import ConfigError
 from kmlp.generation.marks import sample_run
 from kmlp.generation.sample import NameModel, where_found
+from kmlp.runs.rundir import load_run
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("marks"))
+def run(tiny_run_dir):
+    return load_run(tiny_run_dir)
 
 
 def test_names_come_as_the_model_draws_them_marked_and_counted(run):

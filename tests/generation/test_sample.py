@@ -113,6 +113,7 @@ def test_a_tiny_temperature_gives_the_greedy_name(run, lm):
     ({"temperature": 1e39}, "--temperature"),   # finite in Python, inf as float32
     ({"temperature": 0.0}, "--temperature"),
     ({"top_k": -1}, "--top-k must be 0"),
+    ({"top_k": 2**31}, r"--top-k must be below 2\*\*31"),
     ({"top_p": 1.5}, r"--top-p must be in \(0, 1\], got 1.5"),
     ({"top_p": 0.0}, "--top-p"),
     ({"top_p": float("nan")}, "--top-p"),

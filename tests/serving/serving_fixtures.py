@@ -9,16 +9,18 @@ asserts).
 from __future__ import annotations
 
 import pytest
-from conftest import train_tiny_run
+from conftest import copy_run
 from serving_helpers import Served, running
 
 from kmlp.generation.sample import NameModel
+from kmlp.runs.rundir import load_run
 from kmlp.serving.app import create_app, local_hosts
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("serve"))
+def tiny(tiny_run_dir, tmp_path_factory):
+    """A copy of the session's tiny run, which the server exports into."""
+    return load_run(copy_run(tiny_run_dir, tmp_path_factory.mktemp("serve") / "run"))
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import math
 import shutil
 
 import pytest
-from conftest import TINY_WORDS, train_tiny_run
+from conftest import TINY_WORDS, copy_run
 
 from kmlp.data.files import file_sha256
 from kmlp.errors import ConfigError, RunError
@@ -17,15 +17,10 @@ from kmlp.training.evaluate import evaluate_run, record_evaluation
 from kmlp.training.setup import EVAL_BATCH, evaluate_loss
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("evaluate"))
-
-
 @pytest.fixture
-def run(trained, tmp_path):
-    """A copy of the trained run, to write into."""
-    return load_run(shutil.copytree(trained.path, tmp_path / "run"))
+def run(tiny_run_dir, tmp_path):
+    """A copy of the session's tiny run, to write into."""
+    return load_run(copy_run(tiny_run_dir, tmp_path / "run"))
 
 
 def test_the_figures_on_the_runs_own_data_go_to_metrics(run):

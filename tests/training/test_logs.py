@@ -19,7 +19,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY_WORDS
 from google.protobuf import text_format
 from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
 from tensorboard.plugins.projector import ProjectorConfig
@@ -32,7 +31,8 @@ from kmlp.training.lr_find import range_test
 from kmlp.training.train import train
 from kmlp.training.tune import tune
 
-# 60 steps in 4 evaluations of 3 compiled calls of 5 steps each: several points per epoch.
+# 60 steps in 4 evaluations of 3 compiled calls of 5 steps each: several points per epoch. (The
+# session's tiny run, tiny_run_dir, is a run of TINY.)
 TINY = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3,
               steps_per_call=5)
 EMBEDDING_TENSOR = "embedding"
@@ -62,20 +62,13 @@ def history_rows(run_dir) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("logs")
-    words = root / "tiny.txt"
-    words.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
-    result = train(TINY, data_path=words, out_dir=root / "run", verbose=0, log=quiet)
-    return root / "run", result
-
-
-def test_event_files_hold_the_history_at_its_optimizer_steps(tiny_run):
-    run_dir, result = tiny_run
+def test_event_files_hold_the_history_at_its_optimizer_steps(tiny_run_dir):
+    run_dir = tiny_run_dir
+    assert Config.from_dict(json.loads((run_dir / "config.json").read_text())["config"]) == TINY
     train_dir, dev_dir = run_dir / "logs" / "train", run_dir / "logs" / "validation"
     rows = history_rows(run_dir)
-    per_epoch = result.metrics["steps"] // result.metrics["epochs"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    per_epoch = metrics["steps"] // metrics["epochs"]
     epoch_steps = [(int(row["epoch"]) + 1) * per_epoch for row in rows]
     assert epoch_steps[-1] == 60 and len(rows) == 4
 
@@ -100,8 +93,8 @@ def test_event_files_hold_the_history_at_its_optimizer_steps(tiny_run):
     assert "| n_hidden | 16 |" in config_text and "| decay_at | [30] |" in config_text
 
 
-def test_projector_config_names_the_embedding_and_its_labels_in_vocabulary_order(tiny_run):
-    run_dir, _ = tiny_run
+def test_projector_config_names_the_embedding_and_its_labels_in_vocabulary_order(tiny_run_dir):
+    run_dir = tiny_run_dir
     train_dir = run_dir / "logs" / "train"
     config = text_format.Parse((train_dir / "projector_config.pbtxt").read_text(), ProjectorConfig())
     assert len(config.embeddings) == 1
@@ -116,10 +109,10 @@ def test_projector_config_names_the_embedding_and_its_labels_in_vocabulary_order
     np.testing.assert_array_equal(table, run.model.get_layer("embedding").get_weights()[0])  # the last
 
 
-def test_training_a_run_again_replaces_its_logs_with_the_new_trainings(tiny_run, tmp_path):
+def test_training_a_run_again_replaces_its_logs_with_the_new_trainings(tiny_run_dir, tmp_path):
     """Like history.csv, a run's logs are those of the model it holds: no point of the old training
     is left among the new one's, and no stale projector table."""
-    run_dir, _ = tiny_run
+    run_dir = tiny_run_dir
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)
     again = TINY.replace(steps=30, decay_at=[20], n_hidden=12)
@@ -251,8 +244,8 @@ def get(url: str, timeout: float = 30):
         return response.read()
 
 
-def test_tensorboard_serves_saved_and_live_runs_and_the_projector(tiny_run, tmp_path):
-    run_dir, _ = tiny_run
+def test_tensorboard_serves_saved_and_live_runs_and_the_projector(tiny_run_dir, tmp_path):
+    run_dir = tiny_run_dir
     models = tmp_path / "saved_models"
     shutil.copytree(run_dir, models / "tiny")
     shutil.copytree(run_dir / "logs", backups.backup_dir(models / "live") / "logs")  # a run in training

@@ -97,10 +97,27 @@ def test_a_loss_that_blows_up_is_diverged_and_nothing_is_saved(optimizer, tiny_n
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.txt"]
 
 
-def test_train_writes_a_complete_run(tiny_names_file, tmp_path):
-    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.1)
-    out = tmp_path / "run"
-    result = train(config, data_path=tiny_names_file, out_dir=out, verbose=0, log=lambda *_: None)
+SMALL = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.1)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A run of SMALL whose train loss is scored on a fixed sample of 40 of its training examples:
+    (the result of train(), the run folder, the lines train() said)."""
+    from kmlp.training import results
+
+    root = tmp_path_factory.mktemp("small")
+    words = root / "tiny.txt"
+    words.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
+    said = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(results, "TRAIN_LOSS_EXAMPLES", 40)
+        result = train(SMALL, data_path=words, out_dir=root / "run", verbose=0, log=said.append)
+    return result, root / "run", said
+
+
+def test_train_writes_a_complete_run(small_run):
+    result, out, _ = small_run
     for name in ("model.keras", "config.json", "history.csv", "metrics.json"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
@@ -109,23 +126,19 @@ def test_train_writes_a_complete_run(tiny_names_file, tmp_path):
     rows = list(csv.DictReader(open(out / "history.csv")))
     assert rows and {"loss", "val_loss", "lr"} <= set(rows[0])
     run = load_run(out)
-    assert run.vocab == result.data.vocab and run.config == config
+    assert run.vocab == result.data.vocab and run.config == SMALL
     x = result.data.examples("dev")[0]
     for saved, trained in zip(run.model.get_weights(), result.model.get_weights()):
         np.testing.assert_array_equal(saved, trained)
     np.testing.assert_array_equal(run.model(x, training=False), result.model(x, training=False))
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
-def test_a_large_train_split_is_scored_on_a_fixed_sample(tiny_names_file, tmp_path, monkeypatch):
+def test_a_large_train_split_is_scored_on_a_fixed_sample(small_run):
     from kmlp.data.pipeline import make_dataset
-    from kmlp.training import results
     from kmlp.training.setup import evaluate_loss
 
-    monkeypatch.setattr(results, "TRAIN_LOSS_EXAMPLES", 40)
-    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.1)
-    lines = []
-    result = train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", verbose=0, log=lines.append)
+    result, _, lines = small_run
     n = result.data.num_examples("train")
     assert result.metrics["train_loss_examples"] == 40 < result.metrics["train_examples"] == n
     X, y = result.data.examples("train")

@@ -19,7 +19,7 @@ from kmlp.utils.jsonfile import MAX_JSON_BYTES, check_utf8_path, read_json
     ("[" * 100_000 + "]" * 100_000, None, r"not valid JSON \(nested too deeply\)"),
     ("9" * 5000, None, r"not valid JSON \(Exceeds the limit \(4300 digits\) for integer string conversion"),
     (" " * (MAX_JSON_BYTES + 1), None, "larger than 16,777,216 bytes, so not a file kmlp wrote"),
-])
+], ids=["object-for-array", "array-for-object", "null", "broken", "not-utf8", "nested", "long-integer", "too-large"])
 def test_every_way_a_file_is_not_the_json_asked_for_is_one_line_naming_it(tmp_path, content, expect, message):
     path = tmp_path / "file.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
