@@ -123,3 +123,18 @@ def test_export_and_evaluate_on_a_full_disk_leave_the_run_as_it_was(tiny_run, tm
     code, _, err = main(capsys, "evaluate", out, "--split", "test")
     assert_one_line_error(code, err, f"{out / 'metrics.json'}: cannot be written (No space left on device)")
     assert tree(out) == before and sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_an_export_that_tensorflow_cannot_write_is_one_line_and_leaves_no_version(tiny_run, tmp_path, monkeypatch,
+                                                                                   capsys):
+    import tensorflow as tf
+
+    def full_disk(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    out = shutil.copytree(tiny_run, tmp_path / "run")
+    before = tree(out)
+    monkeypatch.setattr(tf.saved_model, "save", full_disk)
+    code, _, err = main(capsys, "export", out)
+    assert_one_line_error(code, err, f"{out / 'export' / '1'}: cannot be written (No space left on device)")
+    assert tree(out) == before and not any((out / "export").iterdir())  # no version, no staging folder
