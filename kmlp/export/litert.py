@@ -21,12 +21,12 @@ each draw its uniform number (:func:`kmlp.generation.drawing.uniform`) and the d
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from kmlp.generation.drawing import Sampling, check_count, name_key, next_tokens, pick_seed, uniform
+from kmlp.utils.jsonfile import read_json
 
 FORMAT = "kmlp-litert"
 BOUNDARY = "."
@@ -53,7 +53,7 @@ class LiteRTModel:
         from ai_edge_litert.interpreter import Interpreter
 
         path = Path(path)
-        info = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        info = read_json(path.with_suffix(".json"), error=ValueError)
         if info.get("format") != FORMAT:
             raise ValueError(f"{path.with_suffix('.json')}: not a {FORMAT} description")
         self.tokens = info["tokens"]

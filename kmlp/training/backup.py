@@ -16,7 +16,6 @@ saved, its logs linked into the run first.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +30,7 @@ from kmlp.training import logs
 from kmlp.training.callbacks.loss_curve import LossCurve
 from kmlp.training.callbacks.timing import ElapsedTime
 from kmlp.utils import atomic
+from kmlp.utils.jsonfile import read_json
 
 IDENTITY_FILE = rundir.BACKUP_IDENTITY_FILE
 METADATA_FILE = "training_metadata.json"
@@ -169,8 +169,8 @@ def _difference(saved: dict, expected: dict) -> str:
 def epoch_of(metadata: Path) -> int | None:
     """The epoch a BackupAndRestore metadata file records, or None if it is missing or unreadable."""
     try:
-        return int(json.loads(Path(metadata).read_text(encoding="utf-8"))["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_json(metadata, error=ValueError)["epoch"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 

@@ -12,11 +12,11 @@ sharing a machine and a folder never collide (see :func:`kmlp.runs.folders.besid
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 from kmlp.errors import ConfigError
+from kmlp.utils.jsonfile import parse_json
 
 TRAINING_TASKS = ("chief", "worker")  # MultiWorkerMirroredStrategy's; kmlp has no use for ps or evaluator
 EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -55,10 +55,7 @@ def read_tf_config(text: str | None = None) -> Task:
         raise ConfigError(f"--strategy multi-worker reads the cluster from the TF_CONFIG environment "
                           f"variable, which is not set; on each worker set e.g. TF_CONFIG='{EXAMPLE}' "
                           f"with that worker's index")
-    try:
-        spec = json.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
+    spec = parse_json(text, "TF_CONFIG", expect=None, error=ConfigError)
     cluster = spec.get("cluster") if isinstance(spec, dict) else None
     if not isinstance(cluster, dict) or not cluster.get("worker") and not cluster.get("chief"):
         raise ConfigError(f"TF_CONFIG names no workers; expected e.g. {EXAMPLE}")

@@ -83,3 +83,14 @@ def test_the_readme_shows_the_reference_loop_as_it_is():
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert inspect.getsource(generate_names) in readme
+
+
+@pytest.mark.parametrize("text, message", [("[" * 100_000, "not valid JSON (nested too deeply)"),
+                                           ("[]", "expected a JSON object, found an array")])
+def test_a_description_that_is_not_kmlps_is_one_line_naming_it(tmp_path, text, message):
+    from kmlp.export.litert import LiteRTModel
+
+    (tmp_path / "model.json").write_text(text)
+    with pytest.raises(ValueError) as error:
+        LiteRTModel(tmp_path / "model.tflite")
+    assert str(error.value) == f"{tmp_path / 'model.json'}: {message}"

@@ -53,7 +53,8 @@ def test_worker_0_is_the_chief_unless_the_cluster_names_one():
 
 @pytest.mark.parametrize("text, needle", [
     ("", "TF_CONFIG environment variable, which is not set"),
-    ("{cluster", "not valid JSON"),
+    ("{cluster", "TF_CONFIG: not valid JSON"),
+    ("[" * 100_000, "TF_CONFIG: not valid JSON (nested too deeply)"),
     ('{"cluster": {}, "task": {"type": "worker", "index": 0}}', "names no workers"),
     ('{"cluster": {"worker": "h:1"}, "task": {"type": "worker", "index": 0}}', "must be a list"),
     (tf_config(0, workers=["host1"]), "'host1' in cluster.worker is not a host:port"),
@@ -85,7 +86,7 @@ def test_the_command_checks_the_cluster_before_loading_tensorflow(tiny_names_fil
         print(json.dumps({"results": results, "tensorflow": "tensorflow" in sys.modules}))
     """)
     cases = [(None, [], "the TF_CONFIG environment variable, which is not set"),
-             ("{cluster", [], "TF_CONFIG is not valid JSON"),
+             ("{cluster", [], "TF_CONFIG: not valid JSON"),
              (tf_config(0), ["--devices", "2"], "--devices applies to --strategy mirrored")]
     done = subprocess.run([sys.executable, "-c", script, json.dumps([case[:2] for case in cases]),
                            str(tiny_names_file), str(tmp_path / "run")],
