@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 COMMANDS = ["--preset lecture --minutes 1", "--preset fast --minutes 1", ""]  # "": kmlp train, 3 minutes
@@ -83,6 +82,8 @@ def run(flags: str, data: str | None, out: Path, busy: bool = False) -> dict:
     started = f"; {BUSY_PROCESSES} busy processes from {budget / 2:g} s" if busy else ""
     print(f"kmlp train {flags}: {took[1]} s to the saved run; load average {load:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after{started}", file=sys.stderr)
+    for line in re.findall(r"^fell behind the plan: .*$", done.stdout, re.M):
+        print(line, file=sys.stderr)
     return {"took": float(took[1]), "budget": float(took[2]),
             "metrics": json.loads((out / "metrics.json").read_text())}
 
