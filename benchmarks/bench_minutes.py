@@ -1,5 +1,4 @@
-"""How close `kmlp train --minutes` runs come to their budget, on a quiet machine or one that gets
-busier half-way: the table of docs/time-budgets.md.
+"""How close `kmlp train --minutes` runs come to their budget: the table of docs/time-budgets.md.
 
     python benchmarks/bench_minutes.py                     # the README's three runs (about 5 minutes)
     python benchmarks/bench_minutes.py "--preset best --minutes 10" --data names.txt
@@ -13,8 +12,9 @@ ended early), the dev loss, and what was measured before training (steps/s, seco
 evaluation, seconds to start and to finish). The load average before and after each run is printed
 too: budgets are planned from speeds measured just before training.
 
-With --busy, two busy processes (Python loops, one per core of a two-core machine) start half-way
-through each budget and stop when the run ends (or after a whole budget's time, at the latest).
+With --busy, the machine gets busier half-way: two busy processes (Python loops, one per core of a
+two-core machine) start half-way through each budget and stop when the run ends (or after a whole
+budget's time, at the latest).
 """
 
 from __future__ import annotations
