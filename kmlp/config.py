@@ -182,10 +182,21 @@ def check_range_test(start_lr, end_lr, num_steps, memory: int | None = None) -> 
                          "range test", memory)
 
 
-def check_run_length(steps=200_000, epochs=None, minutes=None, decay_at=(), naming: Naming = FLAGS) -> None:
+def check_run_length(steps=200_000, epochs=None, minutes=None, decay_at=(), stop_at=None,
+                     naming: Naming = FLAGS) -> None:
     """The rules for how long a run trains: ``steps``; or ``epochs`` (passes over the train split)
     instead; or a time budget, ``minutes``, whose steps are planned on the machine that runs it (with
-    ``steps`` then only the length that the ``decay_at`` milestones are placed for)."""
+    ``steps`` then only the length that the ``decay_at`` milestones are placed for). ``stop_at`` ends a
+    run of ``steps`` before them, its schedule still the one planned for them (with ``minutes``: where
+    a budget's run ended early, as its backup keeps it)."""
+    if stop_at is not None:
+        check_positive_int(stop_at, "--stop-at", naming)
+        if epochs is not None or not (_is_int(steps) and stop_at < steps):
+            raise naming.error(f"{naming.option('--stop-at')} ends a run of {naming.option('--steps')} before "
+                               f"its last step, so it must be below them; got {stop_at} with "
+                               + (f"{naming.option('--epochs')} {epochs}" if epochs is not None else
+                                  f"{naming.option('--steps')} {naming.value(steps, '--steps')}"),
+                               "--stop-at", "--steps", "--epochs")
     if minutes is None:
         if epochs is None:
             check_positive_int(steps, "--steps", naming)
@@ -194,8 +205,7 @@ def check_run_length(steps=200_000, epochs=None, minutes=None, decay_at=(), nami
         return
     check_positive_number(minutes, "--minutes", naming)
     if epochs is not None:
-        raise naming.error(f"{naming.option('--minutes')} and {naming.option('--epochs')} both set how "
-                           f"long the run trains; give one", "--minutes", "--epochs")
+        check_one_length({"minutes", "epochs"}, naming)
     if decay_at and not (_is_int(steps) and steps >= 1):
         raise naming.error(f"{naming.option('--decay-at')} with {naming.option('--minutes')} needs "
                            f"{naming.option('--steps')}, the run length its milestones are placed for "
@@ -203,6 +213,22 @@ def check_run_length(steps=200_000, epochs=None, minutes=None, decay_at=(), nami
                            "--decay-at", "--minutes", "--steps")
     if steps is not None:
         check_positive_int(steps, "--steps", naming)
+
+
+LENGTHS = ("steps", "epochs", "stop_at")  # the options that set how long a run trains, besides minutes
+
+
+def check_one_length(given, naming: Naming = FLAGS) -> None:
+    """A time budget and a length never come from one source: ``given`` names the options that the
+    flags of ``kmlp train``, or the keys of one ``--config`` file, set (a file's null is not set).
+    A --minutes run records the --steps (and --stop-at) that repeat it; a length from another source
+    (a preset's, a file's under a --minutes flag) is only the one its milestones are placed for."""
+    lengths = [key for key in LENGTHS if key in given]
+    if "minutes" in given and lengths:
+        flag = "--" + lengths[0].replace("_", "-")
+        raise naming.error(f"{naming.option('--minutes')} and {naming.option(flag)} both set how long the run "
+                           f"trains; give one (a --minutes run records in metrics.json the --steps that "
+                           f"repeat it exactly)", "--minutes", flag)
 
 
 SEARCH_ALGORITHMS = ("hyperband", "random")
@@ -347,6 +373,8 @@ class Config:
     epochs: int | None = None    # passes over the train split, instead of steps
     minutes: float | None = None # time budget for the whole run, evaluations and saving included:
                                  # its steps are planned on the machine (decay_at scaled from steps)
+    stop_at: int | None = None   # end at the call that reaches this step, the schedule still the
+                                 # one planned for steps (where a --minutes run ended early)
     optimizer: str = "sgd"       # sgd, adam or adamw
     lr: float = 0.1
     weight_decay: float = 0.0    # decoupled weight decay, applied by every optimizer
@@ -404,7 +432,7 @@ def check_options(c, naming: Naming = FLAGS) -> None:
     check_positive_number(c.decay_factor, "--decay-factor", naming)
     if not isinstance(c.decay_at, list) or not all(_is_int(s) and 1 <= s <= MAX_INT64 for s in c.decay_at):
         raise naming.bad("--decay-at", "takes positive step counts below 2**63", c.decay_at)
-    check_run_length(c.steps, c.epochs, c.minutes, c.decay_at, naming)
+    check_run_length(c.steps, c.epochs, c.minutes, c.decay_at, c.stop_at, naming)
     _check_choice(c.schedule, "--schedule", SCHEDULES, naming)
     check_seed(c.seed, "--seed", naming)
     check_seed(c.split_seed, "--split-seed", naming)
@@ -457,9 +485,11 @@ def load_config_file(path: str | Path, base: Config | None = None) -> Config:
 
     The file holds some or all options (``kmlp tune`` writes all of them); a run's config.json, which
     holds them under ``"config"``, is accepted too. Options the file leaves out keep ``base``'s values.
+    A file that sets both a time budget and a length is refused (:func:`check_one_length`).
     """
     values = read_json(path, expect=dict, error=ConfigError)
     if isinstance(values.get("config"), dict):
         values = values["config"]  # a run's config.json holds the configuration under "config"
+    check_one_length({key for key, value in values.items() if value is not None}, Naming(file=path))
     base = base or Config()
     return Config.from_dict({**base.to_dict(), **values}, source=str(path))
