@@ -85,15 +85,22 @@ class Run:
         data = self.info.get("data")
         return Path(data) if data else None
 
+    def own_data_path(self) -> Path:
+        """:attr:`data_path`, or the :class:`RunError` saying the run names no data file."""
+        if self.data_path is None:
+            raise RunError(f"{self.path / CONFIG_FILE} names no data file; pass --data PATH")
+        return self.data_path
+
     def splits(self, data_path=None) -> tuple[dict | None, str | None]:
         """``(words, None)``: the train/dev/test names of ``data_path`` (default: the file the model
         was trained on) as this run splits them; or ``(None, why not)`` when the run's own file cannot
         be read. A ``data_path`` asked for explicitly that cannot be read raises its DataError."""
         from kmlp.data.pipeline import NamesData
 
-        path = data_path or self.data_path
-        if not path:
-            return None, f"{self.path / CONFIG_FILE} names no data file; pass --data PATH"
+        try:
+            path = data_path or self.own_data_path()
+        except RunError as e:
+            return None, str(e)
         try:
             return NamesData.for_config(path, self.config, vocab=self.vocab).words, None
         except DataError as e:

@@ -1,11 +1,15 @@
 """kmlp.cli.training: train, tune and lr-find never write over a user's files; train's progress
-and its --minutes plan."""
+and its --minutes plan; names read once from a FIFO or standard input, and their hash recorded."""
 
+import hashlib
+import os
 import re
 import shutil
+import threading
 
 import pytest
-from cli_helpers import TINY_MODEL, assert_one_line_error, main, tiny_run_path
+from cli_helpers import TINY_MODEL, assert_one_line_error, kmlp_process, main, tiny_run_path
+from conftest import TINY_WORDS
 
 from kmlp.runs import rundir
 from kmlp.training import budget
@@ -92,3 +96,43 @@ def test_train_minutes_plans_the_steps_and_says_how_to_repeat_them(tiny_names_fi
     assert record["minutes"] == 0.5 and record["planned_steps"] == 500 and record["repeat_with"] == "--steps 500"
     assert record["seconds_per_step"] > 0 and record["seconds_before_training"] > 0
     assert rundir.read_json(tmp_path / "run" / "config.json")["config"]["steps"] == 500
+
+
+# ---------------------------------------------------------------------------------------------
+# Names that can be read only once: a FIFO, standard input
+
+TINY_NAMES = ("\n".join(TINY_WORDS) + "\n").encode()
+
+
+def test_train_reads_a_fifo_once_and_records_the_hash_of_what_it_read(tmp_path):
+    fifo = tmp_path / "names.fifo"
+    os.mkfifo(fifo)
+
+    def feed():  # once: opening the FIFO a second time would wait for a writer forever
+        with open(fifo, "wb") as writer:
+            writer.write(TINY_NAMES)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        done = kmlp_process("train", "--data", fifo, "--out", tmp_path / "run", *TINY_MODEL, "--samples", "0")
+    finally:
+        if feeder.is_alive():  # kmlp never opened it: let the feeder's open return
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = rundir.read_json(tmp_path / "run" / "config.json")
+    assert info["data"] == str(fifo) and info["data_sha256"] == hashlib.sha256(TINY_NAMES).hexdigest()
+    assert rundir.read_json(tmp_path / "run" / "metrics.json")["steps"] == 40
+
+
+def test_train_on_standard_input_records_the_hash_of_the_names_piped_in(tmp_path):
+    done = kmlp_process("train", "--data", "/dev/stdin", "--out", tmp_path / "run", *TINY_MODEL, "--samples", "0",
+                        stdin=TINY_NAMES)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = rundir.read_json(tmp_path / "run" / "config.json")
+    assert info["data"] == "/dev/stdin" and info["data_sha256"] == hashlib.sha256(TINY_NAMES).hexdigest()
+    # The same names piped in again are the run's own: the test loss goes to its metrics.json.
+    done = kmlp_process("evaluate", tmp_path / "run", "--split", "test", stdin=TINY_NAMES)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "test_loss" in rundir.read_json(tmp_path / "run" / "metrics.json")
+    assert not (tmp_path / "run" / "evaluations.json").exists()
