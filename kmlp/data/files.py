@@ -7,8 +7,8 @@ per name or character: lists of millions of names load in seconds. Every byte re
 the way (:attr:`Names.sha256`), so nothing opens the file again to learn what was read. Every
 check that makes a file unusable raises :class:`~kmlp.errors.DataError` in one line naming the file
 and line (see :func:`load_words`), at the first bad line, without reading on: a line that never
-ends (``/dev/zero``) is refused once it is longer than any name can be, and an input that this
-machine could not hold while splitting it once it has read that much.
+ends (``/dev/zero``) is refused once it is longer than any name can be, and an input too large for
+this machine to split as soon as that much of it has been read.
 """
 
 from __future__ import annotations
@@ -273,36 +273,35 @@ def scan_stream(stream: BinaryIO, source, piece: int = PIECE_BYTES, digest=None,
 
 
 def _line_blocks(stream: BinaryIO, piece: int, digest, as_it_comes: bool):
-    """The stream's bytes after a byte-order mark, in blocks of whole lines, each without the
-    line break that ends its last line; None in place of a line of more than
+    """The stream's bytes after a byte-order mark, in blocks of whole lines, each ended by its line
+    break (but the stream's last line, which may have none); None in place of a line of more than
     :data:`MAX_LINE_BYTES` bytes, which is not read on. A "\\r\\n" split between two reads is one
     line break."""
     read = getattr(stream, "read1", stream.read) if as_it_comes else stream.read
     update = digest.update if digest is not None else lambda data: None
-    held = stream.read(len(BOM))
-    update(held)
-    held, after_cr = held.removeprefix(BOM), False
+    held, at_start, after_cr = b"", True, False
     while True:
         data = read(piece)
         update(data)
         ended = not data
         if after_cr and data[:1] == b"\n":
             data = data[1:]  # the "\n" of a "\r\n" whose "\r" ended the last block
-        after_cr = False
-        held = held + data if held else data
+        held, after_cr = held + data if held else data, False
+        if at_start:
+            if len(held) < len(BOM) and BOM.startswith(held) and not ended:
+                continue  # too few bytes yet to tell a byte-order mark
+            held, at_start = held.removeprefix(BOM), False
         overlong = _overlong_line(held)
         if overlong is not None:
             if overlong:
-                yield held[:_line_end(held, overlong - 1)]  # the lines before it, which may fail first
+                yield held[:overlong]  # the lines before it, which may fail first
             yield None
             return
-        cut = _last_break(held, 0, len(held))
-        if cut >= 0:
-            yield held[:_line_end(held, cut)]
-            after_cr, held = held[cut] == 13 and cut == len(held) - 1, held[cut + 1:]
+        cut = len(held) if ended else _last_break(held, 0, len(held)) + 1
+        if cut:
+            yield held if cut == len(held) else held[:cut]
+            after_cr, held = cut == len(held) and held[-1] == 13, held[cut:]
         if ended:
-            if held:
-                yield held  # the last line, which no line break ends
             return
 
 
@@ -310,12 +309,6 @@ def _last_break(raw: bytes, start: int, end: int) -> int:
     """Where the last line break ("\\n" or "\\r") in ``raw[start:end]`` is, or -1."""
     newline = raw.rfind(b"\n", start, end)
     return max(newline, raw.rfind(b"\r", max(start, newline + 1), end))
-
-
-def _line_end(raw: bytes, line_break: int) -> int:
-    """Where the line ended by the line break at ``line_break`` ends: before it, or before a "\\r\\n"."""
-    pair = raw[line_break] == 10 and line_break > 0 and raw[line_break - 1] == 13
-    return line_break - 1 if pair else line_break
 
 
 def _overlong_line(raw: bytes) -> int | None:
@@ -331,8 +324,9 @@ def _overlong_line(raw: bytes) -> int | None:
 
 
 def _scan(path: Path, raw: bytes, lines_before: int = 0) -> tuple[Names, int]:
-    """:func:`check_line` applied to every line of ``raw`` (whole lines, without the break after the
-    last) at once, with numpy; the names, numbered after ``lines_before`` lines, and the lines read."""
+    """:func:`check_line` applied to every line of ``raw`` (whole lines, each with its line break but
+    perhaps the last) at once, with numpy; the names, numbered after ``lines_before`` lines, and the
+    lines read."""
     if raw.isascii():
         codes = np.frombuffer(raw, np.uint8)
     else:
@@ -345,6 +339,8 @@ def _scan(path: Path, raw: bytes, lines_before: int = 0) -> tuple[Names, int]:
         codes = np.frombuffer(unicodedata.normalize("NFC", text).encode("utf-32-le"), np.uint32)
         del text
     line_starts, line_ends = _line_spans(codes)
+    if len(codes) and codes[-1] in (10, 13):  # the empty span after the last line break is no line
+        line_starts, line_ends = line_starts[:-1], line_ends[:-1]
     starts, ends = _strip(codes, line_starts, line_ends)
     bad = _first_bad_line(codes, starts, ends)
     if bad is not None:
