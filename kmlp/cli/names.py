@@ -152,29 +152,29 @@ def cmd_score(args) -> int:
     if bool(args.names) == bool(args.file):
         raise UsageError("give the names to score either as arguments or with --file PATH "
                          "('-' for standard input)")
-    from kmlp.data.streaming import file_characters
+    from kmlp.data.streaming import hold_names
 
-    characters = file_characters(args.file) if args.file not in (None, "-") else None  # before TensorFlow
+    held = hold_names(args.file) if args.file not in (None, "-") else None  # read once, before TensorFlow
     from kmlp.generation.sample import NameModel
     from kmlp.runs.rundir import load_run
 
     run = load_run(args.run_dir)
-    names = names_to_score(args, run.vocab, characters)
+    names = names_to_score(args, run.vocab, held)
     scores = NameModel(run.model, run.vocab).iter_scores(names)
     with _QuietOnClosedPipe():
         print_scores(scores, args.json)
     return 0
 
 
-def names_to_score(args, vocab, characters):
-    """The names of the arguments, of --file (whose ``characters`` are known), or of standard input."""
-    from kmlp.data.streaming import check_known, iter_names, known_names, read_known
+def names_to_score(args, vocab, held):
+    """The names of the arguments, of --file (``held``, as read), or of standard input."""
+    from kmlp.data.streaming import check_known, held_known, iter_names, known_names
 
     if args.names:
         return check_known(args.names, vocab)
     if args.file == "-":  # read as it comes: checked name by name
         return known_names(iter_names(sys.stdin.buffer, "<stdin>"), "<stdin>", vocab)
-    return read_known(args.file, vocab, characters)  # every name checked before any is scored
+    return held_known(held, args.file, vocab)  # every name checked before any is scored
 
 
 def print_scores(scores, as_json: bool) -> None:

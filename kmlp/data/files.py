@@ -1,9 +1,14 @@
-"""Names files: reading one with every check, fetching names.txt, hashing.
+"""Names files: reading one once, with every check, and hashing what was read.
 
-A names file is read once, with numpy over its bytes, into :class:`Names` (the text's code points,
-with each name's start and length), never a Python object per name or character: lists of
-millions of names load in seconds. Every check that makes a file unusable raises
-:class:`~kmlp.errors.DataError` in one line naming the file and line (see :func:`load_words`).
+A names file (or a pipe, a FIFO, standard input) is read once, in pieces of :data:`PIECE_BYTES`,
+each piece's whole lines checked with numpy over their bytes as they come and kept as
+:class:`Names` (the text's code points, with each name's start and length), never a Python object
+per name or character: lists of millions of names load in seconds. Every byte read is hashed on
+the way (:attr:`Names.sha256`), so nothing opens the file again to learn what was read. Every
+check that makes a file unusable raises :class:`~kmlp.errors.DataError` in one line naming the file
+and line (see :func:`load_words`), at the first bad line, without reading on: a line that never
+ends (``/dev/zero``) is refused once it is longer than any name can be, and an input too large for
+this machine to split as soon as that much of it has been read.
 """
 
 from __future__ import annotations
@@ -11,34 +16,33 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import unicodedata
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
+from kmlp import config
 from kmlp.errors import DataError
-
-NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
-
-
-NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
-
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-DEFAULT_DATA = PROJECT_ROOT / "data" / "names.txt"
-
 
 logger = logging.getLogger(__name__)
 
 
 MAX_NAME_LENGTH = 1000  # a longer line is not a name: a file without line breaks, or not a names file
+
+
+# A line of more bytes as read cannot hold a name of MAX_NAME_LENGTH characters, however much
+# whitespace surrounds it: readers stop holding a line there instead of reading on to its end.
+MAX_LINE_BYTES = 1 << 20
+
+
+PIECE_BYTES = 16 << 20  # a names file is read, checked and hashed this many bytes at a time
+
+
+# Splitting the names into train/dev/test builds the token streams and an index of distinct names
+# beside them: at least this many times the memory the names themselves take.
+SPLIT_MEMORY_FACTOR = 2
 
 
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark, which a file may start with
@@ -58,7 +62,8 @@ def load_words(path: str | os.PathLike) -> list[str]:
 
     Anything that makes the file unusable raises :class:`DataError` with a one-line message naming
     the file (and the line): a missing or unreadable path, a directory, no names at all, bytes that
-    are not UTF-8, control characters (a tab: a TSV file?) or a line over ``MAX_NAME_LENGTH``.
+    are not UTF-8, control characters (a tab: a TSV file?), a line over ``MAX_NAME_LENGTH`` characters
+    (or over ``MAX_LINE_BYTES`` bytes as read), or more names than this machine could split.
     A file whose lines mostly hold a ``,``, ``;`` or ``|`` (a CSV table?) is read as it is, with a
     one-line warning (logged by ``kmlp.data``).
     """
@@ -74,7 +79,8 @@ def read_names(path: str | os.PathLike) -> list[tuple[int, str]]:
 def check_line(path, lineno: int, line: bytes) -> str:
     """The name on one line of a names file (``""`` for a blank line), or the :class:`DataError`
     that the line earns: the one place that holds the rules of :func:`load_words` for a line
-    (:mod:`kmlp.data.streaming` applies them to lines read in pieces)."""
+    (:func:`read_stream` applies them to many lines at once, with numpy)."""
+    check_length(path, lineno, raw_bytes=len(line))
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -95,8 +101,13 @@ def utf8_error(path, lineno: int, byte: int, column: int) -> DataError:
     return DataError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{byte:02x} at column {column})")
 
 
-def check_length(path, lineno: int, length: int) -> None:
-    """Refuse a line of more than :data:`MAX_NAME_LENGTH` characters (stripped, in NFC form)."""
+def check_length(path, lineno: int, length: int = 0, raw_bytes: int = 0) -> None:
+    """Refuse a line of more than :data:`MAX_LINE_BYTES` bytes as read (a reader holding that many
+    bytes of a line refuses it without reading on to its end), or of more than
+    :data:`MAX_NAME_LENGTH` characters (stripped, in NFC form)."""
+    if raw_bytes > MAX_LINE_BYTES:
+        raise DataError(f"{path}:{lineno}: a line of more than {MAX_LINE_BYTES:,} bytes is not a name "
+                        f"(the limit is {MAX_NAME_LENGTH:,} characters); expected one name per line")
     if length > MAX_NAME_LENGTH:
         raise DataError(f"{path}:{lineno}: a line of {length:,} characters is not a name "
                         f"(the limit is {MAX_NAME_LENGTH:,}); expected one name per line")
@@ -126,13 +137,15 @@ class Names:
     ``codes`` holds the whole text (uint8 when it is ASCII, else uint32, after NFC); name ``i`` is
     ``codes[starts[i]:starts[i] + lengths[i]]`` and, read from a file, stood on line ``lines[i]``
     (int32 positions while the text is under 2**31 code points: these per-name arrays, not the
-    text, are most of the memory a large file takes while it is split).
+    text, are most of the memory a large file takes while it is split). Read from a file, ``sha256``
+    is the hash of every byte read.
     """
 
     codes: np.ndarray
     starts: np.ndarray
     lengths: np.ndarray
     lines: np.ndarray | None = None
+    sha256: str | None = None
 
     @classmethod
     def from_list(cls, words) -> "Names":
@@ -152,6 +165,31 @@ class Names:
     def texts(self) -> list[str]:
         text = _decode(self.codes)
         return [text[s:s + n] for s, n in zip(self.starts.tolist(), self.lengths.tolist())]
+
+    def iter_texts(self, batch: int = 1 << 16):
+        """The names one by one, decoded ``batch`` at a time: the memory of a batch, not of a list."""
+        for first in range(0, len(self), batch):
+            starts, lengths = self.starts[first:first + batch], self.lengths[first:first + batch]
+            begin, end = int(starts[0]), int(starts[-1] + lengths[-1])
+            yield from Names(self.codes[begin:end], starts - begin, lengths).texts()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.codes, self.starts, self.lengths, self.lines) if a is not None)
+
+    @classmethod
+    def joined(cls, parts: list["Names"], sha256: str | None = None) -> "Names":
+        """One table of the names of ``parts`` (read one after another), ``sha256`` the hash of all."""
+        if not parts:
+            parts = [cls(np.zeros(0, np.uint8), *[np.zeros(0, np.int32)] * 3)]
+        if len(parts) == 1:
+            return replace(parts[0], sha256=sha256)
+        codes = np.concatenate([part.codes for part in parts])  # uint32 if any part is not ASCII
+        offsets = np.cumsum([0] + [len(part.codes) for part in parts[:-1]]).tolist()  # ints: keep int32
+        position = index_dtype(len(codes))
+        starts = np.concatenate([part.starts.astype(position) + offset for part, offset in zip(parts, offsets)])
+        return cls(codes, starts, np.concatenate([part.lengths.astype(position) for part in parts]),
+                   np.concatenate([part.lines for part in parts]), sha256)
 
 
 def _decode(codes: np.ndarray) -> str:
@@ -180,53 +218,148 @@ def lookup(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return table[codes if codes.dtype == np.uint8 else np.minimum(codes, len(table) - 1)]
 
 
-def read_file(path: str | os.PathLike) -> Names:
+def read_file(path: str | os.PathLike, piece: int = PIECE_BYTES) -> Names:
     """The names of a file, read as :func:`load_words` describes, as a :class:`Names` table."""
     path = Path(path)
     with open_names_file(path) as f:
-        try:
-            raw = f.read()
-        except OSError as e:
-            raise unreadable(path, e) from None
-    raw = raw.removeprefix(BOM)
-    names = _scan(path, raw)
+        names = read_stream(f, path, piece)
     if not len(names):
         raise DataError(f"{path}: no names in the file (it is empty or holds only blank lines)")
     _warn_if_table(path, names)
     return names
 
 
-def _scan(path: Path, raw: bytes) -> Names:
-    """:func:`check_line` applied to every line of ``raw`` at once, with numpy."""
+def read_stream(stream: BinaryIO, source, piece: int = PIECE_BYTES, use: str = "splitting",
+                factor: int = SPLIT_MEMORY_FACTOR) -> Names:
+    """Every name of a binary stream, read to its end once, ``piece`` bytes at a time, every line
+    checked as it comes (``source`` names the stream in errors), with the SHA-256 of what was read.
+    Refused as soon as the names read, ``factor`` times over (what their ``use`` takes at least),
+    are more than this machine's memory."""
+    digest, parts, held = hashlib.sha256(), [], 0
+    memory = config.machine_memory()
+    for names in scan_stream(stream, source, piece, digest):
+        parts.append(names)
+        held += names.nbytes
+        if memory and held * factor > memory:
+            raise DataError(f"{source}: too large for this machine: by line {int(names.lines[-1]):,} its "
+                            f"names take {_gib(held)}, and {use} them takes at least {_gib(held * factor)} "
+                            f"of memory, more than this machine's {_gib(memory)}")
+    return Names.joined(parts, digest.hexdigest())
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB"
+
+
+def scan_stream(stream: BinaryIO, source, piece: int = PIECE_BYTES, digest=None, as_it_comes: bool = False):
+    """The names of a binary stream, a :class:`Names` table per piece of whole lines read, each line
+    checked (:func:`check_line`'s rules, applied with numpy) and numbered from the stream's start.
+
+    ``piece`` bytes are read at a time (``as_it_comes``: what has arrived, up to that many, so that
+    lines typed in are given at once); every byte read goes to ``digest`` (a ``hashlib`` object).
+    Memory holds a piece and at most :data:`MAX_LINE_BYTES` of a line not yet ended.
+    """
+    lines = 0
+    try:
+        for block in _line_blocks(stream, piece, digest, as_it_comes):
+            if block is None:
+                check_length(source, lines + 1, raw_bytes=MAX_LINE_BYTES + 1)
+            names, count = _scan(source, block, lines)
+            lines += count
+            if len(names):
+                yield names
+    except OSError as e:
+        raise unreadable(source, e) from None
+
+
+def _line_blocks(stream: BinaryIO, piece: int, digest, as_it_comes: bool):
+    """The stream's bytes after a byte-order mark, in blocks of whole lines, each ended by its line
+    break (but the stream's last line, which may have none); None in place of a line of more than
+    :data:`MAX_LINE_BYTES` bytes, which is not read on. A "\\r\\n" split between two reads is one
+    line break."""
+    read = getattr(stream, "read1", stream.read) if as_it_comes else stream.read
+    update = digest.update if digest is not None else lambda data: None
+    held, at_start, after_cr = b"", True, False
+    while True:
+        data = read(piece)
+        update(data)
+        ended = not data
+        if after_cr and data[:1] == b"\n":
+            data = data[1:]  # the "\n" of a "\r\n" whose "\r" ended the last block
+        held, after_cr = held + data if held else data, False
+        if at_start:
+            if len(held) < len(BOM) and BOM.startswith(held) and not ended:
+                continue  # too few bytes yet to tell a byte-order mark
+            held, at_start = held.removeprefix(BOM), False
+        overlong = _overlong_line(held)
+        if overlong is not None:
+            if overlong:
+                yield held[:overlong]  # the lines before it, which may fail first
+            yield None
+            return
+        cut = len(held) if ended else _last_break(held, 0, len(held)) + 1
+        if cut:
+            yield held if cut == len(held) else held[:cut]
+            after_cr, held = cut == len(held) and held[-1] == 13, held[cut:]
+        if ended:
+            return
+
+
+def _last_break(raw: bytes, start: int, end: int) -> int:
+    """Where the last line break ("\\n" or "\\r") in ``raw[start:end]`` is, or -1."""
+    newline = raw.rfind(b"\n", start, end)
+    return max(newline, raw.rfind(b"\r", max(start, newline + 1), end))
+
+
+def _overlong_line(raw: bytes) -> int | None:
+    """Where the first line of more than :data:`MAX_LINE_BYTES` bytes in ``raw`` (which starts a
+    line) starts, ended or not; None if there is none. A few searches per MAX_LINE_BYTES."""
+    start = 0
+    while len(raw) - start > MAX_LINE_BYTES:
+        line_break = _last_break(raw, start, start + MAX_LINE_BYTES + 1)
+        if line_break < 0:
+            return start
+        start = line_break + 1
+    return None
+
+
+def _scan(path: Path, raw: bytes, lines_before: int = 0) -> tuple[Names, int]:
+    """:func:`check_line` applied to every line of ``raw`` (whole lines, each with its line break but
+    perhaps the last) at once, with numpy; the names, numbered after ``lines_before`` lines, and the
+    lines read."""
     if raw.isascii():
         codes = np.frombuffer(raw, np.uint8)
     else:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            _raise_decode_error(path, raw, e.start)
+            _raise_decode_error(path, raw, e.start, lines_before)
         # NFC never joins characters across a line break or whitespace, so the whole text in NFC
         # is every stripped line in NFC.
         codes = np.frombuffer(unicodedata.normalize("NFC", text).encode("utf-32-le"), np.uint32)
         del text
     line_starts, line_ends = _line_spans(codes)
+    if len(codes) and codes[-1] in (10, 13):  # the empty span after the last line break is no line
+        line_starts, line_ends = line_starts[:-1], line_ends[:-1]
     starts, ends = _strip(codes, line_starts, line_ends)
     bad = _first_bad_line(codes, starts, ends)
     if bad is not None:
-        check_line(path, bad + 1, _decode(codes[line_starts[bad]:line_ends[bad]]).encode("utf-8"))
-        raise AssertionError(f"{path}:{bad + 1}: a line refused by the scan passes check_line")
+        lineno = lines_before + bad + 1
+        check_line(path, lineno, _decode(codes[line_starts[bad]:line_ends[bad]]).encode("utf-8"))
+        raise AssertionError(f"{path}:{lineno}: a line refused by the scan passes check_line")
+    count = len(line_starts)
     del line_starts, line_ends
-    kept = np.flatnonzero(ends > starts).astype(starts.dtype)
+    kept = np.flatnonzero(ends > starts).astype(index_dtype(lines_before + count + 1))
     ends -= starts
-    return Names(codes, starts[kept], ends[kept], kept + 1)
+    return Names(codes, starts[kept], ends[kept], kept + (lines_before + 1)), count
 
 
-def _raise_decode_error(path: Path, raw: bytes, offset: int):
+def _raise_decode_error(path: Path, raw: bytes, offset: int, lines_before: int):
     """The error for the first line that is not UTF-8 (at byte ``offset``), unless a line before it
     has another fault, which a reader going line by line would meet first."""
     line_start = max(raw.rfind(b"\n", 0, offset), raw.rfind(b"\r", 0, offset)) + 1
-    _scan(path, raw[:line_start])
-    lineno = raw.count(b"\n", 0, line_start) + raw.count(b"\r", 0, line_start) \
+    _scan(path, raw[:line_start], lines_before)
+    lineno = lines_before + raw.count(b"\n", 0, line_start) + raw.count(b"\r", 0, line_start) \
         - raw.count(b"\r\n", 0, line_start) + 1
     line_end = min((i for i in (raw.find(b"\n", offset), raw.find(b"\r", offset)) if i >= 0), default=len(raw))
     check_line(path, lineno, raw[line_start:line_end])
@@ -296,55 +429,3 @@ def name_at(names: Names, positions: np.ndarray) -> np.ndarray:
     name = np.maximum(np.searchsorted(names.starts, positions, side="right") - 1, 0)
     inside = (names.starts[name] <= positions) & (positions < names.starts[name] + names.lengths[name])
     return np.where(inside, name, -1)
-
-
-def resolve_data_path(path: str | os.PathLike | None = None, download: bool = True) -> Path:
-    """Where to read names from: ``path`` if given, else ``data/names.txt``.
-
-    When the default file is missing it is fetched from the public address and kept in ``data/``
-    only if its SHA-256 matches; a copy beside the project (``../shared/data/names.txt``, verified the
-    same way) is used instead of the network when there is one.
-    """
-    if path is not None:
-        return Path(path)
-    if DEFAULT_DATA.exists():
-        return DEFAULT_DATA
-    beside = PROJECT_ROOT.parent / "shared" / "data" / "names.txt"
-    if beside.exists() and file_sha256(beside) == NAMES_SHA256:
-        return beside
-    if not download:
-        raise DataError(f"{DEFAULT_DATA}: no such file")
-    return download_names(DEFAULT_DATA)
-
-
-def download_names(dest: Path = DEFAULT_DATA, url: str = NAMES_URL, sha256: str = NAMES_SHA256) -> Path:
-    """Download names.txt to ``dest``, verify its SHA-256, and only then move it into place."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {url} -> {dest}")
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            body = response.read()
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise DataError(
-            f"{dest}: missing and could not be downloaded ({reason}); "
-            f"download {url} to {dest} yourself, or pass --data PATH"
-        ) from None
-    digest = hashlib.sha256(body).hexdigest()
-    if digest != sha256:
-        raise DataError(f"{url}: SHA-256 {digest} does not match the expected {sha256}; not saved")
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".names-", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(body)
-    os.replace(tmp, dest)
-    return dest
-
-
-def file_sha256(path) -> str:
-    """The SHA-256 of a file, read in pieces (names files can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

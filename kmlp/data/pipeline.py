@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kmlp.data.files import Names, read_file, resolve_data_path
+from kmlp.data.fetch import resolve_data_path
+from kmlp.data.files import Names, read_file
 from kmlp.data.splits import (SPLITS, SplitNames, distinct, first_holding, present, split_groups,
                               stream_dtype, token_stream)
 from kmlp.data.vocab import Vocabulary
@@ -39,7 +40,8 @@ class NamesData:
     >>> data.words["dev"][:3]                                  # the names, decoded when asked for
 
     ``streams[split]`` holds a boundary token, then each name's tokens followed by a boundary, in
-    the split's order; its example k is token k + 1 (see :meth:`dataset`).
+    the split's order; its example k is token k + 1 (see :meth:`dataset`). ``data_sha256``, for data
+    read from a file, is the SHA-256 of the bytes read: what a run records of its file.
     """
 
     vocab: Vocabulary
@@ -47,6 +49,7 @@ class NamesData:
     streams: dict[str, np.ndarray]
     path: Path | None = None
     split_seed: int = 42
+    data_sha256: str | None = None
     words: SplitNames = field(init=False, repr=False)
     _tensors: dict = field(default_factory=dict, init=False, repr=False)
 
@@ -104,7 +107,8 @@ class NamesData:
         tokens[[ord(c) for c in vocab.chars]] = np.arange(1, len(vocab))
         streams = {split: token_stream(names, np.repeat(first[part], counts[part]), tokens)
                    for split, part in zip(SPLITS, parts)}
-        return cls(vocab=vocab, block_size=block_size, streams=streams, path=path, split_seed=split_seed)
+        return cls(vocab=vocab, block_size=block_size, streams=streams, path=path, split_seed=split_seed,
+                   data_sha256=names.sha256)
 
     def only(self, *splits: str) -> "NamesData":
         """The same data holding only ``splits`` (e.g. ``only("train", "dev")``: nothing can read test)."""

@@ -26,6 +26,7 @@ Files and folders are created with the permissions the user's umask gives.
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,21 +86,39 @@ class Run:
         data = self.info.get("data")
         return Path(data) if data else None
 
+    def own_data_path(self) -> Path:
+        """:attr:`data_path`, or the :class:`RunError` saying the run names no data file."""
+        if self.data_path is None:
+            raise RunError(f"{self.path / CONFIG_FILE} names no data file; pass --data PATH")
+        return self.data_path
+
     def splits(self, data_path=None) -> tuple[dict | None, str | None]:
         """``(words, None)``: the train/dev/test names of ``data_path`` (default: the file the model
         was trained on) as this run splits them; or ``(None, why not)`` when the run's own file cannot
         be read. A ``data_path`` asked for explicitly that cannot be read raises its DataError."""
         from kmlp.data.pipeline import NamesData
 
-        path = data_path or self.data_path
-        if not path:
-            return None, f"{self.path / CONFIG_FILE} names no data file; pass --data PATH"
+        try:
+            path = data_path or self.own_data_path()
+        except RunError as e:
+            return None, str(e)
+        if not data_path and _is_stream(path):  # read once, when the run was trained: reading it again would wait
+            return None, f"the run was trained on {path}, a pipe or device that is not read again; pass --data PATH"
         try:
             return NamesData.for_config(path, self.config, vocab=self.vocab).words, None
         except DataError as e:
             if data_path:
                 raise
             return None, f"the run was trained on {path}, which cannot be read now ({e}); pass --data PATH"
+
+
+def _is_stream(path) -> bool:
+    """Whether ``path`` is a FIFO, a socket or a device (standard input is one of them)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
 
 
 def default_run_dir(preset_name: str) -> Path:

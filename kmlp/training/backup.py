@@ -23,7 +23,6 @@ from pathlib import Path
 import keras
 
 from kmlp import errors
-from kmlp.data.files import file_sha256
 from kmlp.data.pipeline import NamesData
 from kmlp.runs import folders, rundir
 from kmlp.training import logs
@@ -46,9 +45,10 @@ def backup_dir(out_dir, worker: str | None = None) -> Path:
 
 
 def identity(config, data: NamesData, plan) -> dict:
-    """What a backup must match to be resumed: the configuration, the plan and the data."""
-    if data.path is not None:
-        data_id = {"data": str(Path(data.path).absolute()), "data_sha256": file_sha256(data.path)}
+    """What a backup must match to be resumed: the configuration, the plan and the data (the file's
+    SHA-256 as it was read; names given as a list, their train split's)."""
+    if data.data_sha256 is not None:
+        data_id = {"data": str(Path(data.path).absolute()), "data_sha256": data.data_sha256}
     else:
         data_id = {"data": None, "train_sha256": data.digest("train")}
     return {"config": config.to_dict(), "plan": asdict(plan), **data_id}

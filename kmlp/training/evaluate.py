@@ -17,11 +17,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from kmlp.data.files import file_sha256
 from kmlp.data.pipeline import NamesData
 from kmlp.data.splits import SPLITS
 from kmlp.errors import ConfigError, RunError
-from kmlp.runs.rundir import CONFIG_FILE, EVALUATIONS_FILE, METRICS_FILE, Run, add_evaluation, update_metrics
+from kmlp.runs.rundir import EVALUATIONS_FILE, METRICS_FILE, Run, add_evaluation, update_metrics
 from kmlp.training.setup import EVAL_BATCH, evaluate_loss
 
 
@@ -55,9 +54,9 @@ def evaluate_run(run: Run, split: str = "dev", data_path: str | os.PathLike | No
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     path = Path(data_path) if data_path else trained_on(run)
-    data = NamesData.for_config(path, run.config, vocab=run.vocab)
+    data = NamesData.for_config(path, run.config, vocab=run.vocab)  # read once: its names and its hash
     loss = evaluate_loss(run.model, data.dataset(split, EVAL_BATCH, shuffle=False))
-    digest = file_sha256(path)
+    digest = data.data_sha256
     recorded = run.info.get("data_sha256")
     own = digest == recorded if recorded else \
         path.resolve() == (run.data_path or path).resolve()  # runs from before the hash was kept
@@ -67,11 +66,10 @@ def evaluate_run(run: Run, split: str = "dev", data_path: str | os.PathLike | No
 
 def trained_on(run: Run) -> Path:
     """The names file the run was trained on, or the RunError that says it cannot be read."""
-    if run.data_path is None:
-        raise RunError(f"{run.path / CONFIG_FILE} names no data file; pass --data PATH")
-    if not run.data_path.exists():
-        raise RunError(f"{run.path}: trained on {run.data_path}, which is missing; pass --data PATH")
-    return run.data_path
+    path = run.own_data_path()
+    if not path.exists():
+        raise RunError(f"{run.path}: trained on {path}, which is missing; pass --data PATH")
+    return path
 
 
 def record_evaluation(run: Run, evaluation: Evaluation) -> Path:

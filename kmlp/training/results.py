@@ -12,7 +12,6 @@ import keras
 
 from kmlp import plots
 from kmlp.config import Config
-from kmlp.data.files import file_sha256
 from kmlp.data.pipeline import NamesData
 from kmlp.errors import TrainingDiverged
 from kmlp.runs import folders, rundir
@@ -105,7 +104,7 @@ def save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_n
             "config": setup.config.to_dict(),
             "vocab": data.vocab.to_json(),
             "data": data_location(data),
-            "data_sha256": file_sha256(data.path) if data.path else None,
+            "data_sha256": data.data_sha256,  # of the bytes read, not of the file as it is now
             "preset": preset_name,
         })
         write_json(staging / rundir.METRICS_FILE, metrics)

@@ -2,6 +2,8 @@
 print, and tiny model flags."""
 
 import json
+import os
+import resource
 import subprocess
 import sys
 import textwrap
@@ -55,3 +57,17 @@ def main_in_a_fresh_process(*argvs):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     report = json.loads(done.stdout)
     return [tuple(result) for result in report["results"]], report["tensorflow"]
+
+
+def kmlp_process(*args, stdin: bytes | None = None, address_space: int | None = None, timeout: float = 300):
+    """``kmlp ARGS`` in a fresh process, as a user runs it, fed ``stdin`` and with at most
+    ``address_space`` bytes of memory if given: the finished process (its output as text)."""
+    def cap_memory():
+        if address_space:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+    env = {key: value for key, value in os.environ.items() if key != "KMLP_TF_LOGS"}
+    done = subprocess.run([sys.executable, "-m", "kmlp", *map(str, args)], cwd=ROOT, env=env, input=stdin,
+                          capture_output=True, timeout=timeout, preexec_fn=cap_memory)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
+

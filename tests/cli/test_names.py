@@ -1,7 +1,10 @@
-"""kmlp.cli.names: what evaluate prints and records; score --file refuses what train refuses."""
+"""kmlp.cli.names: what evaluate prints and records; score --file refuses what train refuses, and reads
+its file once."""
 
 import io
+import json
 import math
+import os
 import shutil
 
 import pytest
@@ -91,3 +94,15 @@ def test_score_file_refuses_the_lines_train_refuses_in_the_same_words(content, t
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(content)))
     code, _, err = main(capsys, "score", tiny_run, "--file", "-")
     assert assert_one_line_error(code, err) == refused.replace(str(names), "<stdin>")
+
+
+def test_score_file_reads_a_pipe_once_and_scores_every_name(tiny_run, capsys):
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"emma\n\nava\n")
+    os.close(write_end)
+    try:
+        code, out, err = main(capsys, "score", tiny_run, "--file", f"/dev/fd/{read_end}", "--json")
+    finally:
+        os.close(read_end)
+    assert code == 0, err
+    assert [row["name"] for row in json.loads(out)] == ["emma", "ava"]  # a second reading would find none

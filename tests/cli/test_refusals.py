@@ -6,9 +6,10 @@ import os
 import shutil
 
 import pytest
-from cli_helpers import TINY_MODEL, assert_one_line_error, main, main_in_a_fresh_process
+from cli_helpers import TINY_MODEL, assert_one_line_error, kmlp_process, main, main_in_a_fresh_process
 
 from kmlp.cli.main import os_error_message
+from kmlp.data.files import MAX_LINE_BYTES
 from kmlp.runs import manifest
 from kmlp.runs.lock import RunLock
 from kmlp.utils import atomic
@@ -56,6 +57,19 @@ def test_what_cannot_be_represented_or_held_in_memory_is_refused_before_tensorfl
         assert_one_line_error(code, err, needle)
     assert tensorflow is False
     assert sorted(os.listdir(tmp_path)) == sorted([*files, "tiny.txt"])  # no run, backup or lock begun
+
+
+def test_an_input_that_never_ends_is_refused_in_one_line_with_bounded_memory(tmp_path):
+    """/dev/zero as the names file, the names to score or the configuration, in a process whose memory
+    is capped far below what reading it whole would take (it would fail with a MemoryError)."""
+    endless_line = f"/dev/zero:1: a line of more than {MAX_LINE_BYTES:,} bytes is not a name"
+    cases = [(["train", "--data", "/dev/zero", "--out", tmp_path / "run"], endless_line),
+             (["score", tmp_path / "run", "--file", "/dev/zero"], endless_line),
+             (["train", "--config", "/dev/zero", "--out", tmp_path / "run"], "/dev/zero: not a regular file")]
+    for args, message in cases:
+        done = kmlp_process(*args, address_space=512 << 20, timeout=60)
+        assert_one_line_error(done.returncode, done.stderr, message)
+    assert not os.listdir(tmp_path)
 
 
 def test_a_held_run_is_refused_at_once_by_export_and_evaluate(tmp_path):

@@ -1,13 +1,18 @@
 """kmlp.cli.training: train, tune and lr-find never write over a user's files; train's progress,
-its --minutes plan, and one rule for a budget and a length in flags and files."""
+its --minutes plan, and one rule for a budget and a length in flags and files; names read once from a
+FIFO or standard input, and their hash recorded."""
 
+import hashlib
 import json
+import os
 import re
 import shutil
+import threading
 
 import numpy as np
 import pytest
-from cli_helpers import TINY_MODEL, assert_one_line_error, main
+from cli_helpers import TINY_MODEL, assert_one_line_error, kmlp_process, main
+from conftest import TINY_WORDS
 
 from kmlp.cli import main as cli
 from kmlp.runs import rundir
@@ -137,3 +142,48 @@ def test_stop_at_comes_with_a_length_and_a_new_length_drops_a_files(tmp_path):
     assert config("--config", str(cut), "--steps", "3000").stop_at is None
     assert config("--config", str(cut), "--stop-at", "800").stop_at == 800
     assert config("--config", str(cut), "--minutes", "2").stop_at is None  # planned anew
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Names that can be read only once: a FIFO, standard input
+
+TINY_NAMES = ("\n".join(TINY_WORDS) + "\n").encode()
+
+
+def test_train_reads_a_fifo_once_and_records_the_hash_of_what_it_read(tmp_path):
+    fifo = tmp_path / "names.fifo"
+    os.mkfifo(fifo)
+
+    def feed():  # once: opening the FIFO a second time would wait for a writer forever
+        with open(fifo, "wb") as writer:
+            writer.write(TINY_NAMES)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        done = kmlp_process("train", "--data", fifo, "--out", tmp_path / "run", *TINY_MODEL, "--samples", "0")
+    finally:
+        if feeder.is_alive():  # kmlp never opened it: let the feeder's open return
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = rundir.read_json(tmp_path / "run" / "config.json")
+    assert info["data"] == str(fifo) and info["data_sha256"] == hashlib.sha256(TINY_NAMES).hexdigest()
+    assert rundir.read_json(tmp_path / "run" / "metrics.json")["steps"] == 40
+    # Sampling marks names by the run's own file only if it can be read again without waiting for a writer.
+    sampled = kmlp_process("sample", tmp_path / "run", "-n", "3", timeout=120)
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    assert f"the run was trained on {fifo}, a pipe or device that is not read again" in sampled.stdout + sampled.stderr
+
+
+def test_train_on_standard_input_records_the_hash_of_the_names_piped_in(tmp_path):
+    done = kmlp_process("train", "--data", "/dev/stdin", "--out", tmp_path / "run", *TINY_MODEL, "--samples", "0",
+                        stdin=TINY_NAMES)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = rundir.read_json(tmp_path / "run" / "config.json")
+    assert info["data"] == "/dev/stdin" and info["data_sha256"] == hashlib.sha256(TINY_NAMES).hexdigest()
+    # The same names piped in again are the run's own: the test loss goes to its metrics.json.
+    done = kmlp_process("evaluate", tmp_path / "run", "--split", "test", stdin=TINY_NAMES)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "test_loss" in rundir.read_json(tmp_path / "run" / "metrics.json")
+    assert not (tmp_path / "run" / "evaluations.json").exists()

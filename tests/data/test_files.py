@@ -1,5 +1,5 @@
 """kmlp.data.files: the reader: every check of a names file, as a line-by-line reader makes it, on random files;
-the warning for files that look like a table."""
+a line that never ends; names too many to split; the warning for files that look like a table."""
 
 import logging
 import random
@@ -7,7 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from kmlp.data import files
+from kmlp import config
+from kmlp.data import fetch, files
 from kmlp.data.files import check_line, load_words, read_names
 from kmlp.data.pipeline import NamesData
 from kmlp.errors import DataError
@@ -85,6 +86,36 @@ def test_refusals_name_the_file_and_line(tmp_path):
         load_words(tmp_path)
 
 
+def test_names_txt_read_in_pieces_is_names_txt_and_its_hash_the_published_one(names_path):
+    whole, pieces = files.read_file(names_path), files.read_file(names_path, piece=4096)
+    assert whole.sha256 == pieces.sha256 == fetch.NAMES_SHA256
+    assert whole.texts() == pieces.texts() and len(whole) == 32_033
+    data = NamesData.from_file(names_path)
+    assert data.data_sha256 == fetch.NAMES_SHA256 and data.only("train", "dev").data_sha256 == fetch.NAMES_SHA256
+
+
+def test_a_line_that_never_ends_is_refused_once_it_is_longer_than_a_line_can_be(tmp_path):
+    with pytest.raises(DataError, match=f"^/dev/zero:1: a line of more than {files.MAX_LINE_BYTES:,} bytes is not "
+                                        f"a name \\(the limit is 1,000 characters\\); expected one name per line$"):
+        files.read_file("/dev/zero")
+    path = tmp_path / "names.txt"
+    path.write_bytes(b"emma\r\nava\r\n" + b" " * files.MAX_LINE_BYTES + b"mia\n")  # whitespace counts as read
+    with pytest.raises(DataError, match=f"^{path}:3: a line of more than"):
+        files.read_file(path, piece=1000)
+
+
+def test_names_this_machine_could_not_split_are_refused_as_they_are_read(tmp_path, monkeypatch):
+    path = tmp_path / "names.txt"
+    path.write_bytes(b"emma\n" * 10_000)
+    monkeypatch.setattr(config, "machine_memory", lambda: 100_000)
+    with pytest.raises(DataError) as err:
+        files.read_file(path, piece=4096)
+    message = str(err.value)
+    assert message.startswith(f"{path}: too large for this machine: by line ") and "\n" not in message
+    assert "of memory, more than this machine's" in message
+    assert int(message.split("by line ")[1].split(" ")[0].replace(",", "")) < 5_000  # not read to its end
+
+
 def test_whitespace_at_the_ends_is_stripped_however_long(tmp_path):
     path = tmp_path / "names.txt"
     path.write_bytes(b" " * 5000 + b"emma" + b"\t" * 3000 + b"\n" + b" " * 20000 + b"\n  mary ann \n")
@@ -118,59 +149,3 @@ def test_a_file_and_its_list_of_names_give_the_same_data(tmp_path):
     assert from_file.vocab == from_list.vocab
     for split in ("train", "dev", "test"):
         np.testing.assert_array_equal(from_file.streams[split], from_list.streams[split])
-
-
-class _FakeResponse:
-    def __init__(self, body):
-        self.body = body
-
-    def read(self):
-        return self.body
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def test_download_is_verified_before_it_is_kept(tmp_path, monkeypatch):
-    import hashlib
-    import urllib.request
-
-    body = b"emma\nava\n"
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _FakeResponse(body))
-    dest = tmp_path / "data" / "names.txt"
-    with pytest.raises(files.DataError, match="does not match"):
-        files.download_names(dest, url="https://example.invalid/names.txt", sha256="0" * 64)
-    assert not dest.exists() and not list(dest.parent.iterdir())  # nothing half-written is left
-    good = hashlib.sha256(body).hexdigest()
-    assert files.download_names(dest, url="https://example.invalid/names.txt", sha256=good) == dest
-    assert dest.read_bytes() == body
-
-
-def test_offline_download_says_how_to_provide_the_file(tmp_path, monkeypatch):
-    import urllib.error
-    import urllib.request
-
-    def offline(url, timeout):
-        raise urllib.error.URLError("network is unreachable")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(files.DataError) as err:
-        files.download_names(tmp_path / "names.txt")
-    message = str(err.value)
-    assert "\n" not in message and "--data PATH" in message and files.NAMES_URL in message
-
-
-def test_default_data_path_prefers_data_dir_then_verified_copy(tmp_path, monkeypatch, names_path):
-    project = tmp_path / "project"
-    monkeypatch.setattr(files, "PROJECT_ROOT", project)
-    monkeypatch.setattr(files, "DEFAULT_DATA", project / "data" / "names.txt")
-    (tmp_path / "shared" / "data").mkdir(parents=True)
-    (tmp_path / "shared" / "data" / "names.txt").write_bytes(names_path.read_bytes())
-    assert files.resolve_data_path() == tmp_path / "shared" / "data" / "names.txt"
-    (project / "data").mkdir(parents=True)
-    (project / "data" / "names.txt").write_text("emma\n")
-    assert files.resolve_data_path() == project / "data" / "names.txt"
-    assert files.resolve_data_path("elsewhere.txt") == files.Path("elsewhere.txt")

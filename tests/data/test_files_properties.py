@@ -1,9 +1,14 @@
 """kmlp.data.files on any bytes at all: a list of names or one DataError line naming the file, never
-another exception; and the same answer as its rules for one line (check_line) applied line by line."""
+another exception; the same answer as its rules for one line (check_line) applied line by line; and
+the same answer, and hash, whatever the size of the pieces the file is read in."""
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+import hashlib
+from unittest import mock
 
-from kmlp.data.files import BOM, check_line, load_words
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from kmlp.data import files
+from kmlp.data.files import BOM, check_line, load_words, read_file
 from kmlp.errors import DataError
 
 # Bytes that come near the rules: line breaks of every kind, whitespace, a BOM, control characters,
@@ -38,3 +43,25 @@ def test_any_bytes_give_names_or_one_line_naming_the_file_as_the_rules_for_a_lin
     read = outcome(lambda p, _: load_words(p), path, raw)
     assert isinstance(read, str) or all(isinstance(name, str) and name for name in read)
     assert read == outcome(line_by_line, path, raw)
+
+
+def read_in_pieces(piece: int):
+    """read_file(path, piece) as (line, name) rows, after checking the hash of what it read."""
+    def read(path, raw):
+        names = read_file(path, piece)
+        assert names.sha256 == hashlib.sha256(raw).hexdigest()
+        return list(zip(names.lines.tolist(), names.texts()))
+    return read
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=FILES, piece=st.integers(1, 80), line_bytes=st.sampled_from([files.MAX_LINE_BYTES, 9, 40]))
+@example(raw=b"\ra" + b"b" * 20, piece=1, line_bytes=9)  # a long line after a "\r": found where it starts
+def test_names_read_in_pieces_of_any_size_are_those_read_whole(tmp_path, raw, piece, line_bytes):
+    path = tmp_path / "names.txt"
+    path.write_bytes(raw)
+    with mock.patch.object(files, "MAX_LINE_BYTES", line_bytes):  # lines too long to hold, for some
+        whole = outcome(read_in_pieces(len(raw) + 1), path, raw)
+        assert outcome(read_in_pieces(piece), path, raw) == whole
+        lines = outcome(line_by_line, path, raw)
+    assert whole == lines if isinstance(lines, str) else [name for _, name in whole] == lines

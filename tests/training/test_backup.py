@@ -1,12 +1,17 @@
 """kmlp.training.backup: the backup of a training in progress, what a kill leaves, and what may resume it."""
 
+import hashlib
 import json
+import os
 
 import pytest
+from conftest import TINY_WORDS
 
 from kmlp.config import Config
+from kmlp.data.pipeline import NamesData
 from kmlp.errors import RunError
 from kmlp.training import backup as backups
+from kmlp.training.setup import Plan
 
 PLAN = {"steps": 40, "steps_per_call": 5, "calls_per_epoch": 2, "epochs": 4}
 
@@ -76,3 +81,19 @@ def test_nothing_to_resume_starts_afresh(tmp_path):
     assert backups.Backup(tmp_path / "run").start(True, identity(), log=said.append) == 0
     assert "nothing to resume" in said[0]
     assert json.loads((backups.backup_dir(tmp_path / "run") / "run.json").read_text()) == identity()
+
+
+def test_a_backup_knows_its_names_by_the_hash_of_the_bytes_read():
+    raw = ("\n".join(TINY_WORDS) + "\n").encode()
+    read_end, write_end = os.pipe()
+    os.write(write_end, raw)
+    os.close(write_end)
+    try:
+        data = NamesData.from_file(f"/dev/fd/{read_end}")  # a pipe: a second reading would find nothing
+    finally:
+        os.close(read_end)
+    config, plan = Config(), Plan(**PLAN)
+    expected = backups.identity(config, data, plan)
+    assert expected["data"] == f"/dev/fd/{read_end}" and expected["data_sha256"] == hashlib.sha256(raw).hexdigest()
+    from_list = backups.identity(config, NamesData.from_words(TINY_WORDS), plan)  # no file: the train split's
+    assert from_list["data"] is None and from_list["train_sha256"] == data.digest("train")

@@ -2,19 +2,24 @@
 run's own data in metrics.json, any other file in evaluations.json with its hash."""
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import shutil
 
 import pytest
 from conftest import TINY_WORDS, copy_run
 
-from kmlp.data.files import file_sha256
 from kmlp.errors import ConfigError, RunError
 from kmlp.runs import rundir
 from kmlp.runs.rundir import load_run
 from kmlp.training.evaluate import evaluate_run, record_evaluation
 from kmlp.training.setup import EVAL_BATCH, evaluate_loss
+
+
+def sha256_of(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -27,7 +32,7 @@ def test_the_figures_on_the_runs_own_data_go_to_metrics(run):
     evaluation = evaluate_run(run, "test")
     data = run.splits()[0]
     assert evaluation.own_data and evaluation.data == run.data_path and evaluation.split == "test"
-    assert evaluation.names == len(data["test"]) and evaluation.data_sha256 == file_sha256(run.data_path)
+    assert evaluation.names == len(data["test"]) and evaluation.data_sha256 == sha256_of(run.data_path)
     assert evaluation.perplexity == pytest.approx(math.exp(evaluation.loss))
     assert evaluation.bits_per_char == pytest.approx(evaluation.loss / math.log(2))
     assert record_evaluation(run, evaluation) == run.path / "metrics.json"
@@ -56,7 +61,7 @@ def test_another_file_is_recorded_apart_and_the_runs_figures_stay(run, tmp_path)
     record_evaluation(run, evaluate_run(run, "train", other))
     records = json.loads((run.path / "evaluations.json").read_text())
     assert [r["split"] for r in records] == ["dev", "train"] and (run.path / "metrics.json").read_bytes() == before
-    assert records[0] == {"data": str(other.resolve()), "data_sha256": file_sha256(other), "split": "dev",
+    assert records[0] == {"data": str(other.resolve()), "data_sha256": sha256_of(other), "split": "dev",
                           **first.figures(), "examples": first.examples}
 
 
@@ -65,13 +70,26 @@ def test_a_copy_of_the_training_file_elsewhere_is_the_runs_own_data(run, tmp_pat
     assert evaluate_run(run, "dev", copy).own_data
 
 
+def test_the_runs_own_names_from_a_pipe_are_known_by_the_hash_of_what_was_read(run):
+    read_end, write_end = os.pipe()
+    os.write(write_end, run.data_path.read_bytes())
+    os.close(write_end)
+    try:
+        evaluation = evaluate_run(run, "dev", f"/dev/fd/{read_end}")  # a pipe: read once, hashed as read
+    finally:
+        os.close(read_end)
+    assert evaluation.own_data and evaluation.data_sha256 == run.info["data_sha256"]
+
+
 def test_a_run_whose_data_is_gone_or_unnamed_needs_data_and_a_split_must_exist(run, tmp_path):
     with pytest.raises(ConfigError, match="split must be one of train, dev, test, got 'valid'"):
         evaluate_run(run, "valid")
     with pytest.raises(RunError, match="gone.txt, which is missing; pass --data PATH"):
         evaluate_run(dataclasses.replace(run, info={**run.info, "data": str(tmp_path / "gone.txt")}))
-    with pytest.raises(RunError, match="config.json names no data file"):
-        evaluate_run(dataclasses.replace(run, info={**run.info, "data": None}))
+    unnamed = dataclasses.replace(run, info={**run.info, "data": None})
+    with pytest.raises(RunError, match="config.json names no data file") as err:
+        evaluate_run(unnamed)
+    assert unnamed.splits() == (None, str(err.value))  # sampling's marks say it in the same words
 
 
 def test_a_record_that_cannot_be_written_says_so_in_one_line(run, monkeypatch):
