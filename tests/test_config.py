@@ -69,7 +69,7 @@ def test_the_split_seed_is_its_own_option():
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(init="he"), "--init must be glorot or normal"),
+    (dict(init="he"), "--init must be glorot, normal, kaiming or fan_in"),
     (dict(dropout=1.5), r"--dropout must be in \[0, 1\)"),
     (dict(rdrop=-1.0), "--rdrop must be a number >= 0"),
     (dict(dropout=0.0, rdrop=1.0), "--rdrop needs --dropout above 0"),
@@ -82,6 +82,14 @@ def test_the_split_seed_is_its_own_option():
     (dict(seed=-1), "--seed must be an integer from 0 to 4294967295"),
     (dict(split_seed=2**40), "--split-seed must be"),
     (dict(plateau_patience=2, decay_factor=1.5), "must then be below 1"),
+    (dict(arch="wavenet"), "--arch must be mlp or hierarchical"),
+    (dict(fuse=3), "^--fuse applies to --arch hierarchical only, got --fuse 3 with --arch mlp$"),
+    (dict(arch="hierarchical", fuse=1), "--fuse must be an integer of at least 2"),
+    (dict(arch="hierarchical", block_size=6), "^--arch hierarchical fuses --fuse 2 positions at each of "
+                                              "--n-layers 3 levels: --block-size must be 8, got 6$"),
+    (dict(arch="hierarchical", n_layers=100), "--block-size must be 2\\*\\*100, got 8$"),
+    (dict(norm_momentum=1.0), r"--norm-momentum must be in \[0, 1\)"),
+    (dict(norm_epsilon=0.0), "--norm-epsilon must be a positive number"),
 ])
 def test_an_out_of_range_value_names_the_flag(changes, message):
     with pytest.raises(ConfigError, match=message):

@@ -44,11 +44,11 @@ def test_plan_puts_total_and_milestones_on_call_boundaries(tiny_names_file):
     assert plan_training(Config(steps=64_000, decay_at=[]), data).epochs == 128  # 256 calls: at most 200
 
 
-@pytest.mark.parametrize("name", ["lecture", "fast", "default", "best"])
+@pytest.mark.parametrize("name", ["lecture", "fast", "default", "best", "part3", "part5"])
 def test_weight_count_behind_the_thread_choice_matches_the_model(name):
     config = preset(name)
     model = build_model(27, config.block_size, config.n_embd, config.n_hidden, config.n_layers,
-                        norm=config.norm)
+                        norm=config.norm, arch=config.arch, fuse=config.fuse)
     matrices = sum(int(np.prod(w.shape)) for w in model.weights if len(w.shape) == 2)
     assert count_weights(config, 27) == matrices
     # small models run each op on one thread; the large presets use every core
@@ -220,14 +220,16 @@ class InterruptAfter(keras.callbacks.Callback):
     dict(n_layers=2, norm="batch", dropout=0.1, rdrop=0.5, optimizer="adamw", weight_decay=0.1, lr=1e-2,
          schedule="cosine", decay_at=[]),
     dict(optimizer="sgd", lr=0.2, steps=4000, decay_at=[2000]),
-], ids=["adamw-batchnorm-rdrop-cosine", "sgd-step-decay"])
+    dict(arch="hierarchical", block_size=4, n_layers=2, norm="batch", init="fan_in", norm_momentum=0.9,
+         norm_epsilon=1e-5, optimizer="sgd", lr=0.2, steps=4000, decay_at=[2000]),
+], ids=["adamw-batchnorm-rdrop-cosine", "sgd-step-decay", "hierarchical-part5-recipe"])
 def test_a_minutes_run_is_exactly_the_run_its_recorded_steps_repeat(recipe, tiny_names_file, tmp_path,
                                                                     monkeypatch):
     measured = []
     measure = budget.measure_cost
     monkeypatch.setattr(budget, "measure_cost", lambda *a, **k: measured.append(measure(*a, **k)) or measured[-1])
     monkeypatch.setattr(budget, "plan_minutes", timed_plan)
-    timed = train(Config(**TINY, minutes=5, **recipe), data_path=tiny_names_file, out_dir=tmp_path / "timed",
+    timed = train(Config(**{**TINY, "minutes": 5, **recipe}), data_path=tiny_names_file, out_dir=tmp_path / "timed",
                   **QUIET)
     assert len(measured) == 1 and measured[0].step > 0  # the model trained while measuring
     flags = timed.metrics["budget"]["repeat_with"]
