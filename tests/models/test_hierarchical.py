@@ -32,11 +32,11 @@ def test_levels_fuse_consecutive_positions_and_batch_norm_spans_batch_and_positi
     assert shapes == [(None, 4, 5), (None, 2, 5), (None, 5)]
     x = np.random.default_rng(0).integers(0, 27, size=(16, 8)).astype("int32")
     table = model.get_layer("embedding").embeddings.numpy()
-    fused = keras.Model(model.inputs, model.get_layer("fuse_1").output)(x).numpy()
+    fused = keras.Model(model.input, model.get_layer("fuse_1").output)(x).numpy()
     for group in range(4):  # positions 2g and 2g + 1, side by side
         np.testing.assert_array_equal(fused[:, group], np.concatenate([table[x[:, 2 * group]],
                                                                        table[x[:, 2 * group + 1]]], axis=1))
-    before_norm = keras.Model(model.inputs, model.get_layer("hidden_1").output)(x).numpy()  # [16, 4, 5]
+    before_norm = keras.Model(model.input, model.get_layer("hidden_1").output)(x).numpy()  # [16, 4, 5]
     model(x, training=True)
     np.testing.assert_allclose(model.get_layer("batch_norm_1").moving_mean.numpy(),
                                0.1 * before_norm.mean(axis=(0, 1)), rtol=1e-4, atol=1e-6)
@@ -98,3 +98,21 @@ def test_a_hierarchical_run_samples_scores_and_exports_both_formats(hierarchical
     assert generate_names(LiteRTModel(tflite), 20, seed=3) == names
     assert generate_names(LiteRTModel(tflite), 20, seed=3, top_k=5, prefix="e") == lm.sample(20, seed=3, top_k=5,
                                                                                                prefix="e")
+
+
+def test_every_regulariser_and_precision_of_the_flat_model_builds_and_trains_on_the_hierarchical_one(tmp_path):
+    from kmlp.models.mlp import compile_model
+
+    model = build_model(27, 9, 4, 8, n_layers=2, fuse=3, norm="layer", dropout=0.2, rdrop=1.0, arch="hierarchical",
+                        precision="mixed_bfloat16", init="kaiming", seed=0)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("LayerNormalization") == 2 and kinds.count("Dropout") == 2 and "TwoPasses" in kinds
+    compile_model(model, "adam", lr=1e-2, jit_compile=False)
+    rng = np.random.default_rng(0)
+    chunk = rng.integers(0, 27, size=(3, 16, 9)).astype("int32"), rng.integers(0, 27, size=(3, 16)).astype("int32")
+    loss = model.train_on_batch(*chunk)
+    assert np.isfinite(loss) and int(model.optimizer.iterations) == 3  # a chunk of three steps in one call
+    assert model(chunk[0][0], training=False).dtype == "float32"
+    model.save(tmp_path / "model.keras")
+    again = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_array_equal(again(chunk[0][0], training=False), model(chunk[0][0], training=False))
