@@ -172,6 +172,9 @@ def test_a_training_that_cannot_fit_in_memory_names_the_flags_of_its_largest_par
     assert two_passes == 2 * one_pass
     plain, adam = (training_memory(Config(optimizer=o))[0][1] for o in ("sgd", "adam"))
     assert adam == 2 * plain
+    # the hierarchical model's weights, and its levels' outputs: 4, 2 and 1 vectors an example at context 8
+    weights, activations, _ = training_memory(preset("part5"), 27)
+    assert weights[1] == 77_347 * 4 * 2 and activations[1] == (8 * 24 + 2 * (4 + 2 + 1) * 128 + 2 * 27) * 4 * 32
 
 
 def test_a_model_whose_weights_cannot_fit_is_refused_before_it_is_built():

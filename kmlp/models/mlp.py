@@ -7,9 +7,13 @@
       -> Dense(vocab_size)                      logits of the next character
 
 At the lecture's size (vocab 27, block_size 3, n_embd 10, n_hidden 200) this is 11,897 parameters.
+:func:`build_model` builds the lecture's hierarchical model too (``arch="hierarchical"``, see
+:mod:`kmlp.models.hierarchical`), with the same hidden layers and the same training step.
 """
 
 from __future__ import annotations
+
+import functools
 
 import keras
 import tensorflow as tf
@@ -153,12 +157,12 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
     check_model_options(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers,
                         dropout=dropout, rdrop=rdrop, norm=norm, init=init, precision=precision, arch=arch,
                         fuse=fuse, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon)
-    # before TensorFlow allocates
-    check_model_size(vocab_size, block_size, n_embd, n_hidden, n_layers, norm, arch=arch, fuse=fuse)
+    check_model_size(vocab_size, block_size, n_embd, n_hidden, n_layers, norm, arch=arch,
+                     fuse=fuse)  # before TensorFlow allocates
     weights, logits_weights, biases = _initializers(init, seed)
     body = {"dtype": precision}  # every layer but the logits (each casts its input to its policy)
     use_norm = norm in ("batch", "layer")
-    norm_layer = {"batch": lambda **kw: layers.BatchNormalization(momentum=norm_momentum, **kw),
+    norm_layer = {"batch": functools.partial(layers.BatchNormalization, momentum=norm_momentum),
                   "layer": layers.LayerNormalization}.get(norm)
 
     def hidden(x, number):
