@@ -3,79 +3,28 @@ option is checked by (without loading TensorFlow, so that the command line repor
 
 Each rule is one function, used by the Python API and the command line alike; it raises
 :class:`ConfigError` with a message naming the option as the command line spells it, or, for a value
-read from a configuration file, the file and its key (:class:`Naming`). Every count must be one that
+read from a configuration file, the file and its key (:class:`kmlp.naming.Naming`). Every count must be one that
 TensorFlow represents (int64), and a training must fit in this machine's memory
 (:func:`check_fits_in_memory`, estimated from the options together).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
-import reprlib
 import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 
 from kmlp.errors import ConfigError
+from kmlp.naming import FLAGS, Naming, is_int as _is_int, option_key as _key, shown as _shown
 from kmlp.shapes import ARCHS, FUSE, check_fusing, hidden_layers
 from kmlp.utils.jsonfile import read_json
 
 MAX_SEED = 2**32 - 1  # what numpy's and Python's generators (seeded by keras.utils.set_random_seed) take
 MAX_INT64 = 2**63 - 1  # TensorFlow counts steps and sizes in int64: a larger count cannot be represented
-
-
-class Naming:
-    """How a message names options and shows their values: as the command line spells them
-    (``--n-hidden``, ``True``; :data:`FLAGS`), or as the configuration file ``file`` does
-    (``FILE: n_hidden ...``, ``true``) for the options it set, ``keys`` (None: all of them).
-
-    Every check takes one, so that a value read from a file is reported in the file's terms.
-    """
-
-    def __init__(self, file=None, keys=None):
-        self.file = None if file is None else str(file)
-        self.keys = None if keys is None else frozenset(keys)
-
-    def from_file(self, flag: str) -> bool:
-        return self.file is not None and (self.keys is None or _key(flag) in self.keys)
-
-    def option(self, flag: str) -> str:
-        """``--n-hidden`` as the source of its value spells it."""
-        return _key(flag) if self.from_file(flag) else flag
-
-    def value(self, value, flag: str) -> str:
-        return _shown(value, as_json=self.from_file(flag))
-
-    def error(self, message: str, *flags: str) -> ConfigError:
-        """The error saying ``message`` about ``flags``, prefixed by the file if it set one of them."""
-        return ConfigError(f"{self.file}: {message}" if any(map(self.from_file, flags)) else message)
-
-    def bad(self, flag: str, rule: str, value) -> ConfigError:
-        """``--flag RULE, got VALUE`` in this naming."""
-        return self.error(f"{self.option(flag)} {rule}, got {self.value(value, flag)}", flag)
-
-
-FLAGS = Naming()
-
-
-def _key(flag: str) -> str:
-    return "jit_compile" if flag == "--jit" else flag.removeprefix("--").replace("-", "_")
-
-
-_BRIEF = reprlib.Repr()  # a value in a message: a long string or a deep list is cut short
-_BRIEF.maxstring = _BRIEF.maxother = _BRIEF.maxlong = 60
-
-
-def _shown(value, as_json: bool = False) -> str:
-    if _is_int(value) and value.bit_length() > 192:  # (str() refuses past 4,300 digits)
-        return f"an integer of {int(value.bit_length() * math.log10(2)) + 1} digits"
-    if as_json and (value is None or isinstance(value, (bool, float))):
-        return json.dumps(value)  # null, true, NaN: as the file wrote it
-    return _BRIEF.repr(value)
 
 
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving's model versions are int64
@@ -88,10 +37,6 @@ def check_version(value, flag: str = "--version") -> int:
         raise ConfigError(f"{flag} must be an integer from 1 to {MAX_VERSION} (TensorFlow Serving's "
                           f"versions are int64), got {value!r}")
     return int(value)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
@@ -190,10 +135,21 @@ def check_range_test(start_lr, end_lr, num_steps, memory: int | None = None) -> 
                          "range test", memory)
 
 
-def check_run_length(steps=200_000, epochs=None, minutes=None, decay_at=(), naming: Naming = FLAGS) -> None:
+def check_run_length(steps=200_000, epochs=None, minutes=None, decay_at=(), stop_at=None,
+                     naming: Naming = FLAGS) -> None:
     """The rules for how long a run trains: ``steps``; or ``epochs`` (passes over the train split)
     instead; or a time budget, ``minutes``, whose steps are planned on the machine that runs it (with
-    ``steps`` then only the length that the ``decay_at`` milestones are placed for)."""
+    ``steps`` then only the length that the ``decay_at`` milestones are placed for). ``stop_at`` ends a
+    run of ``steps`` before them, its schedule still the one planned for them (with ``minutes``: where
+    a budget's run ended early, as its backup keeps it)."""
+    if stop_at is not None:
+        check_positive_int(stop_at, "--stop-at", naming)
+        if epochs is not None or not (_is_int(steps) and stop_at < steps):
+            raise naming.error(f"{naming.option('--stop-at')} ends a run of {naming.option('--steps')} before "
+                               f"its last step, so it must be below them; got {stop_at} with "
+                               + (f"{naming.option('--epochs')} {epochs}" if epochs is not None else
+                                  f"{naming.option('--steps')} {naming.value(steps, '--steps')}"),
+                               "--stop-at", "--steps", "--epochs")
     if minutes is None:
         if epochs is None:
             check_positive_int(steps, "--steps", naming)
@@ -202,8 +158,7 @@ def check_run_length(steps=200_000, epochs=None, minutes=None, decay_at=(), nami
         return
     check_positive_number(minutes, "--minutes", naming)
     if epochs is not None:
-        raise naming.error(f"{naming.option('--minutes')} and {naming.option('--epochs')} both set how "
-                           f"long the run trains; give one", "--minutes", "--epochs")
+        check_one_length({"minutes", "epochs"}, naming)
     if decay_at and not (_is_int(steps) and steps >= 1):
         raise naming.error(f"{naming.option('--decay-at')} with {naming.option('--minutes')} needs "
                            f"{naming.option('--steps')}, the run length its milestones are placed for "
@@ -211,6 +166,22 @@ def check_run_length(steps=200_000, epochs=None, minutes=None, decay_at=(), nami
                            "--decay-at", "--minutes", "--steps")
     if steps is not None:
         check_positive_int(steps, "--steps", naming)
+
+
+LENGTHS = ("steps", "epochs", "stop_at")  # the options that set how long a run trains, besides minutes
+
+
+def check_one_length(given, naming: Naming = FLAGS) -> None:
+    """A time budget and a length never come from one source: ``given`` names the options that the
+    flags of ``kmlp train``, or the keys of one ``--config`` file, set (a file's null is not set).
+    A --minutes run records the --steps (and --stop-at) that repeat it; a length from another source
+    (a preset's, a file's under a --minutes flag) is only the one its milestones are placed for."""
+    lengths = [key for key in LENGTHS if key in given]
+    if "minutes" in given and lengths:
+        flag = "--" + lengths[0].replace("_", "-")
+        raise naming.error(f"{naming.option('--minutes')} and {naming.option(flag)} both set how long the run "
+                           f"trains; give one (a --minutes run records in metrics.json the --steps that "
+                           f"repeat it exactly)", "--minutes", flag)
 
 
 SEARCH_ALGORITHMS = ("hyperband", "random")
@@ -363,6 +334,8 @@ class Config:
     epochs: int | None = None    # passes over the train split, instead of steps
     minutes: float | None = None # time budget for the whole run, evaluations and saving included:
                                  # its steps are planned on the machine (decay_at scaled from steps)
+    stop_at: int | None = None   # end at the call that reaches this step, the schedule still the
+                                 # one planned for steps (where a --minutes run ended early)
     optimizer: str = "sgd"       # sgd, adam or adamw
     lr: float = 0.1
     weight_decay: float = 0.0    # decoupled weight decay, applied by every optimizer
@@ -421,7 +394,7 @@ def check_options(c, naming: Naming = FLAGS) -> None:
     check_positive_number(c.decay_factor, "--decay-factor", naming)
     if not isinstance(c.decay_at, list) or not all(_is_int(s) and 1 <= s <= MAX_INT64 for s in c.decay_at):
         raise naming.bad("--decay-at", "takes positive step counts below 2**63", c.decay_at)
-    check_run_length(c.steps, c.epochs, c.minutes, c.decay_at, naming)
+    check_run_length(c.steps, c.epochs, c.minutes, c.decay_at, c.stop_at, naming)
     _check_choice(c.schedule, "--schedule", SCHEDULES, naming)
     check_seed(c.seed, "--seed", naming)
     check_seed(c.split_seed, "--split-seed", naming)
@@ -483,9 +456,11 @@ def load_config_file(path: str | Path, base: Config | None = None) -> Config:
 
     The file holds some or all options (``kmlp tune`` writes all of them); a run's config.json, which
     holds them under ``"config"``, is accepted too. Options the file leaves out keep ``base``'s values.
+    A file that sets both a time budget and a length is refused (:func:`check_one_length`).
     """
     values = read_json(path, expect=dict, error=ConfigError)
     if isinstance(values.get("config"), dict):
         values = values["config"]  # a run's config.json holds the configuration under "config"
+    check_one_length({key for key, value in values.items() if value is not None}, Naming(file=path))
     base = base or Config()
     return Config.from_dict({**base.to_dict(), **values}, source=str(path))

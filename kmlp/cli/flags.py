@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from kmlp.errors import DataError, UsageError
+from kmlp.errors import DataError
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -111,20 +111,20 @@ def configure(args, train: bool = False):
     :func:`train_config_from_args` if ``train``), refused if a training of it cannot fit in this
     machine's memory even with the smallest vocabulary; and the :class:`kmlp.config.Naming` that
     names each option as it was given, a flag or the --config file's key (for later checks)."""
-    from kmlp.config import Config, Naming, check_fits_in_memory, load_config_file, preset
+    from kmlp.config import (LENGTHS, Config, Naming, check_fits_in_memory, check_one_length, load_config_file,
+                             preset)
 
-    if train and args.minutes is not None and (args.steps is not None or args.epochs is not None):
-        raise UsageError("--minutes and --steps/--epochs both set how long the run trains; give one "
-                         "(a --minutes run records in metrics.json the --steps that repeat it exactly)")
+    lengths = {key for key in ("minutes", *LENGTHS) if getattr(args, key, None) is not None}
+    if train:
+        check_one_length(lengths)
     base = preset(args.preset or "default")
     config = load_config_file(args.config, base=base) if args.config else base
     given = {f: getattr(args, f) for f in Config.__dataclass_fields__ if getattr(args, f, None) is not None}
+    if lengths:  # a length given as flags replaces a file's (whose steps then place --minutes' milestones)
+        given = {"minutes": None, "stop_at": None, **given}
     if args.epochs is not None:
         given["steps"] = None
-    if args.steps is not None or args.epochs is not None:  # a length flag replaces a file's --minutes
-        given["minutes"] = None
-    if train and args.minutes is None and args.steps is None and args.epochs is None and args.preset is None \
-            and args.config is None:
+    if train and not lengths and args.preset is None and args.config is None:
         given["minutes"] = DEFAULT_MINUTES
     from_file = {f for f in Config.__dataclass_fields__ if getattr(config, f) != getattr(base, f)} - set(given)
     naming = Naming(file=args.config, keys=from_file) if args.config else Naming()

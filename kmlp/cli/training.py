@@ -74,8 +74,13 @@ def add_train_parser(sub) -> None:
     p.add_argument("--minutes", type=float, metavar="M",
                    help="time budget for the whole run, evaluations and saving included: the steps are "
                         "planned from this machine's measured speed, --decay-at milestones scaled to "
-                        "them, and metrics.json records the --steps that repeat the run exactly (default: "
+                        "them; the run ends early if the machine gets slower, and metrics.json records the "
+                        "--steps (and --stop-at) that repeat it exactly (default: "
                         f"{DEFAULT_MINUTES:g} when no --preset, --config, --steps or --epochs is given)")
+    p.add_argument("--stop-at", type=int, metavar="STEP",
+                   help="end the run at the end of the call that reaches this optimizer step, its "
+                        "learning-rate schedule still the one planned for --steps (where a --minutes run "
+                        "that fell behind its plan ended, as it records it)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress line (steps done of the total, time elapsed and left, dev loss)")
     g = p.add_argument_group("faults and devices")

@@ -1,23 +1,36 @@
-"""Time budgets (``kmlp train --minutes``): measure what the run costs here, then plan its steps."""
+"""Time budgets (``kmlp train --minutes``): measure what the run costs here, plan its steps, and end
+it early, at a call boundary, if the machine gets slower while it trains."""
 
 from __future__ import annotations
 
 import math
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import keras
 
 from kmlp.config import Config
 from kmlp.data.pipeline import NamesData
 from kmlp.errors import ConfigError
 from kmlp.training import backup as backups, distributed, logs
+from kmlp.training.callbacks.deadline import Deadline
 from kmlp.training.callbacks.loss_curve import LossCurve
 from kmlp.training.callbacks.state import restore_training_state, training_state
+from kmlp.training.callbacks.stop_at import StopAt
 from kmlp.training.callbacks.timing import StepTimer
 from kmlp.training.results import save_run
 from kmlp.training.setup import (EVAL_BATCH, MAX_STEPS_PER_CALL, PARALLEL_WORK, TRAIN_LOSS_EXAMPLES, Plan,
                                  Setup, evaluate_loss, plan_training, step_work)
+from kmlp.utils import atomic
+
+# The clock is read after every compiled call: a call of a --minutes run takes at most this share of
+# its budget, so that the run can end in time when the machine gets slower.
+CALL_SHARE = 0.02
+# A run ends early only when it would overrun its budget by more than this share of it: a run going as
+# planned is not cut a call short by a little noise in its timings.
+SLACK = 0.02
 
 
 @dataclass
@@ -46,10 +59,13 @@ class RunCost:
                 "seconds_to_compile": round(self.compile, 3)}
 
 
-def budget_chunk(config: Config) -> int:
-    """Optimizer steps per call of a --minutes run: ``steps_per_call`` if set, else the most a call
-    runs (its steps and milestones are then planned on multiples of it)."""
-    return config.steps_per_call or MAX_STEPS_PER_CALL
+def call_steps(config: Config, seconds_per_step: float, compiled=()) -> int:
+    """Optimizer steps per call of a --minutes run: ``steps_per_call`` if set, else the most (up to
+    the most a call runs) that take at most :data:`CALL_SHARE` of the budget at ``seconds_per_step``,
+    or the largest of the ``compiled`` sizes that does (compiling another can take longer than the
+    calls it would save). Its steps and milestones are planned on multiples of it."""
+    most = max(1, min(MAX_STEPS_PER_CALL, int(CALL_SHARE * config.minutes * 60 / seconds_per_step)))
+    return config.steps_per_call or max((size for size in compiled if size <= most), default=most)
 
 
 def measure_cost(setup: Setup, started: float, preset_name: str | None = None,
@@ -62,14 +78,15 @@ def measure_cost(setup: Setup, started: float, preset_name: str | None = None,
     epoch, and what an epoch adds to them (the mean over the last four; the first one compiles the
     evaluation): see :class:`kmlp.training.callbacks.timing.StepTimer`. If its calls took less than
     ``rate_seconds``, a second fit times more of them. A large model is timed in calls of 5 steps
-    (one of the run's size could take minutes), and in calls of the run's size only if one of those
-    turns out to take less than ``rate_seconds``. Last, the evaluation on dev and the saving of a run
-    are timed (in the scratch folder); the evaluation on the train split is extrapolated from dev's
-    by its number of batches. ``started`` is the ``time.perf_counter()`` value the run began at.
+    (one of the most a call runs could take minutes). If the run's calls (:func:`call_steps`, from
+    the speed the first fit found) must be shorter, the second fit times them, compiling them for the
+    run. Last, the evaluation on dev and the saving of a run are timed (in the scratch folder); the
+    evaluation on the train split is extrapolated from dev's by its number of batches. ``started`` is
+    the ``time.perf_counter()`` value the run began at.
     """
-    model, chunk = setup.model, budget_chunk(setup.config)
+    model, most = setup.model, setup.config.steps_per_call or MAX_STEPS_PER_CALL
     large = step_work(setup.config, len(setup.data.vocab)) >= PARALLEL_WORK
-    first_chunk = min(chunk, 5) if large else chunk
+    first_chunk = min(most, 5) if large else most
     with setup.strategy.scope():
         saved = training_state(model)
     try:
@@ -83,8 +100,7 @@ def measure_cost(setup: Setup, started: float, preset_name: str | None = None,
             replace(setup, plan=Plan(10 * first_chunk, first_chunk, 2, 5)).fit([board, *run_callbacks, epochs])
             timed = epochs.first_call + epochs.seconds + sum(epochs.epoch_starts) + sum(epochs.epoch_ends)
             startup = time.perf_counter() - began - timed  # what fit does besides calls and epochs
-            if chunk * epochs.seconds_per_step > rate_seconds:
-                chunk = first_chunk
+            chunk = call_steps(setup.config, epochs.seconds_per_step, compiled=(first_chunk,))
             if chunk != first_chunk or epochs.seconds < rate_seconds:
                 calls = StepTimer(min_seconds=rate_seconds)
                 endless = Plan(chunk * 10**6, chunk, 10**6, 1)  # (until ``calls`` stops it)
@@ -120,13 +136,14 @@ def _seconds(function, *args) -> float:
 
 def plan_minutes(config: Config, data: NamesData, cost: RunCost) -> Config:
     """``config`` with the most steps whose whole run, as ``cost`` predicts it, fits in
-    ``config.minutes``: whole calls of :func:`budget_chunk` steps (of 10 if the budget holds less than
-    one), evaluations spread as :func:`plan_training` spreads them, and each ``decay_at`` milestone
-    at the same share of the run as in ``config.steps``. Raises ConfigError if not one call fits."""
-    for chunk in dict.fromkeys((budget_chunk(config), min(budget_chunk(config), 10))):
-        planned = _most_calls(config, data, cost, chunk)
-        if planned:
-            return planned
+    ``config.minutes``: whole calls of :func:`call_steps` steps (of a size ``cost`` compiled, if one
+    is short enough), evaluations spread as :func:`plan_training` spreads them, and each
+    ``decay_at`` milestone at the same share of the run as in ``config.steps``. Raises ConfigError if
+    not one call fits."""
+    chunk = call_steps(config, cost.step, cost.compiled)
+    planned = _most_calls(config, data, cost, chunk)
+    if planned:
+        return planned
     shortest = cost.seconds(Plan(chunk, chunk, 1, 1))
     raise ConfigError(f"--minutes {config.minutes:g} is too short for this run on this machine: it takes "
                       f"{cost.before:.0f} s to start and {cost.finish:.0f} s to finish, and a call of "
@@ -151,25 +168,31 @@ def _most_calls(config: Config, data: NamesData, cost: RunCost, chunk: int) -> C
 
 def _evenly_evaluated(calls: int, chunk: int, steps_per_pass: int) -> int:
     """The most calls up to ``calls`` that the evaluations :func:`plan_training` aims at (one a pass,
-    200 at most) divide evenly or nearly: a prime number of calls would get one evaluation."""
+    200 at most) divide evenly or nearly: a prime number of calls would get one evaluation. Either
+    as many epochs of fewer calls, or epochs of one call more: 33 calls over two evaluations are two
+    epochs of 16, not one of 17."""
     if calls < 1:
         return calls
-    per_epoch = math.ceil(calls / min(200, max(1, round(calls * chunk / steps_per_pass))))
-    return per_epoch * (calls // per_epoch)
+    epochs = min(calls, 200, max(1, round(calls * chunk / steps_per_pass)))
+    per_epoch = math.ceil(calls / epochs)
+    return max(calls // epochs * epochs, calls // per_epoch * per_epoch)
 
 
 def _scaled(config: Config, steps: int, chunk: int) -> Config:
     """``config`` for ``steps`` steps in calls of ``chunk``, its milestones moved to the same share of
-    the run (on a call boundary)."""
+    the run (on a call boundary), ending where they do (not at an earlier run's ``stop_at``)."""
     share = steps / config.steps if config.decay_at else 1.0
     milestones = sorted({max(chunk, round(m * share / chunk) * chunk) for m in config.decay_at})
     per_call = config.steps_per_call or (0 if chunk == MAX_STEPS_PER_CALL else chunk)
-    return config.replace(steps=steps, decay_at=milestones, steps_per_call=per_call)
+    return config.replace(steps=steps, decay_at=milestones, steps_per_call=per_call, stop_at=None)
 
 
 def repeat_flags(request: Config, planned: Config) -> str:
-    """The flags that, in place of ``--minutes``, repeat the planned run exactly."""
+    """The flags that, in place of ``--minutes``, repeat the planned run exactly (up to where it
+    stopped, if it fell behind its plan)."""
     flags = [f"--steps {planned.steps}"]
+    if planned.stop_at:
+        flags.append(f"--stop-at {planned.stop_at}")
     if planned.decay_at != request.decay_at:
         flags.append("--decay-at " + (",".join(map(str, planned.decay_at)) or "none"))
     if planned.steps_per_call != request.steps_per_call:
@@ -178,37 +201,112 @@ def repeat_flags(request: Config, planned: Config) -> str:
 
 
 def _kept_plan(backup: backups.Backup, request: Config) -> Config | None:
-    """The configuration an interrupted --minutes run of ``request`` planned, if its backup is here."""
+    """The configuration an interrupted --minutes run of ``request`` planned (and where it ended, if
+    it fell behind), if its backup is here."""
     kept = backup.kept_identity()
     kept = Config.from_dict(kept["config"], source=str(backup.path)) if kept else None
     planned_alike = kept and kept.replace(steps=request.steps, decay_at=request.decay_at,
-                                          steps_per_call=request.steps_per_call) == request
+                                          steps_per_call=request.steps_per_call,
+                                          stop_at=request.stop_at) == request
     return kept if planned_alike else None
 
 
+@dataclass
+class Budget:
+    """A --minutes run's plan: what metrics.json records of it, and the deadline that ends the run
+    early if it falls behind (none for a resumed run, which keeps the plan kept with its backup)."""
+
+    request: Config             # as asked, before planning
+    measured: dict = field(default_factory=dict)  # what measure_cost found, and the time it predicted
+    deadline: Deadline | None = None
+
+    def record(self, ran: Config) -> dict:
+        """metrics.json's ``budget``, for the run that ran as ``ran`` (see :func:`as_ran`)."""
+        stopped = {"stopped_at": ran.stop_at} if ran.stop_at else {}
+        return {"minutes": self.request.minutes, "planned_steps": ran.steps, **stopped,
+                "repeat_with": repeat_flags(self.request, ran), **self.measured}
+
+
 def fit_to_budget(setup: Setup, backup: backups.Backup, resume: bool, started: float,
-                  preset_name: str | None = None, log=print) -> tuple[Setup, dict]:
+                  preset_name: str | None = None, log=print) -> tuple[Setup, Budget]:
     """``setup`` planned to end within its ``config.minutes`` (see :func:`measure_cost` and
-    :func:`plan_minutes`), and the record of the plan for metrics.json. A resumed run keeps the
-    steps it planned, kept with its backup."""
+    :func:`plan_minutes`), and its :class:`Budget`, whose deadline ends it early if it falls behind
+    (see :func:`end_callbacks`). A resumed run keeps the steps it planned, and where it ended early if
+    it did, kept with its backup; it has no deadline (its budget began in the process that planned it)."""
     request = setup.config
     if distributed.is_multi_worker(setup.strategy):
         raise ConfigError("--minutes plans the steps from one process's speed; with --strategy multi-worker "
                           "give every worker the same --steps")
     kept = _kept_plan(backup, request) if resume else None
     if kept:
-        planned, record = kept, {}
-        log(f"resuming a --minutes {request.minutes:g} run: it keeps the {planned.steps:,} steps it planned")
-    else:
-        log(f"--minutes {request.minutes:g}: timing a few steps, an evaluation and a save on this machine")
-        budget = request.minutes * 60
-        cost = measure_cost(setup, started, preset_name, rate_seconds=min(5.0, max(0.5, budget / 100)))
-        planned = plan_minutes(request, setup.data, cost)
-        predicted = cost.seconds(plan_training(planned, setup.data))
-        record = {"predicted_seconds": round(predicted, 3), **cost.to_json()}
-        log(f"planned {planned.steps:,} steps to end in {predicted:.0f} s of {budget:g} s "
-            f"({cost.describe()}); {repeat_flags(request, planned)} in place of --minutes repeats this run "
-            f"exactly")
-    record = {"minutes": request.minutes, "planned_steps": planned.steps,
-              "repeat_with": repeat_flags(request, planned), **record}
-    return replace(setup, config=planned, plan=plan_training(planned, setup.data)), record
+        log(f"resuming a --minutes {request.minutes:g} run: it keeps the {kept.steps:,} steps it planned"
+            + (f" and ends at step {kept.stop_at:,}, where it fell behind" if kept.stop_at else ""))
+        return replace(setup, config=kept, plan=plan_training(kept, setup.data)), Budget(request)
+    log(f"--minutes {request.minutes:g}: timing a few steps, an evaluation and a save on this machine")
+    budget = request.minutes * 60
+    cost = measure_cost(setup, started, preset_name, rate_seconds=min(5.0, max(0.5, budget / 100)))
+    planned = plan_minutes(request, setup.data, cost)
+    setup = replace(setup, config=planned, plan=plan_training(planned, setup.data))
+    predicted = cost.seconds(setup.plan)
+    log(f"planned {planned.steps:,} steps to end in {predicted:.0f} s of {budget:g} s ({cost.describe()}); "
+        f"{repeat_flags(request, planned)} in place of --minutes repeats this run exactly")
+    measured = {"predicted_seconds": round(predicted, 3), **cost.to_json()}
+    stop = _recorded_stop(setup, request, backup, log)
+    return setup, Budget(request, measured, deadline_for(request, cost, started, on_stop=stop))
+
+
+def deadline_for(request: Config, cost: RunCost, started: float, on_stop=None) -> Deadline:
+    """The :class:`Deadline` of a run of ``request`` begun at ``started`` (a ``time.perf_counter()``
+    value) that ``cost`` measured: it ends the run early if, as fast as its latest calls ran, going on
+    would end more than :data:`SLACK` of the budget after it."""
+    budget = request.minutes * 60
+    return Deadline(started + budget, seconds_per_step=cost.step, seconds_per_evaluation=cost.evaluation,
+                    seconds_to_finish=cost.finish, slack=SLACK * budget, window=CALL_SHARE * budget,
+                    on_stop=on_stop)
+
+
+def _recorded_stop(setup: Setup, request: Config, backup: backups.Backup, log):
+    """What the deadline of ``setup``'s run (planned for ``request``) does when it ends the run: say
+    so, and put where it ended into the backup's identity at once, before the backup keeps the epoch
+    it ended in, so that a run interrupted then resumes as the run it became."""
+    def stop(step: int, slowdown: float) -> None:
+        ended = until_stop(replace(setup, config=setup.config.replace(stop_at=step)))
+        log(f"fell behind the plan: the last calls took {slowdown:.2f} times the time measured before "
+            f"training; the run ends at step {step:,} of {setup.plan.steps:,} to end within "
+            f"{request.minutes * 60:g} s ({repeat_flags(request, ended.config)} in place of --minutes repeats it)")
+        identity = backups.identity(ended.config, ended.data, ended.plan)
+        atomic.write_json(backup.path / backups.IDENTITY_FILE, identity)
+
+    return stop
+
+
+def end_callbacks(setup: Setup, budget: Budget | None) -> list[keras.callbacks.Callback]:
+    """What ends ``setup``'s run before its planned steps: its ``stop_at``, its budget's deadline
+    (last, so that the other callbacks' work counts in the time of a call)."""
+    stops = [StopAt(setup.config.stop_at)] if setup.config.stop_at else []
+    return stops + ([budget.deadline] if budget and budget.deadline else [])
+
+
+def until_stop(setup: Setup) -> Setup:
+    """``setup`` fitting only the epochs up to its ``config.stop_at``, if it has one (:class:`StopAt`
+    ends the last one there); its plan's steps, which the learning-rate schedule spans, unchanged.
+    (A run resumed from the epoch it stopped in then has nothing left to train.)"""
+    stop, plan = setup.config.stop_at, setup.plan
+    if not stop:
+        return setup
+    return replace(setup, plan=replace(plan, epochs=min(plan.epochs, math.ceil(stop / plan.steps_per_epoch))))
+
+
+def as_ran(setup: Setup, budget: Budget | None = None) -> Setup:
+    """``setup`` (see :func:`until_stop`) as its run ran, to record: the configuration that repeats it
+    (no ``minutes``: its budget's record keeps them; ``stop_at`` where its budget's deadline ended it,
+    if it did), and the plan's steps and evaluations up to where it ended. The configuration keeps
+    the steps its schedule was planned for."""
+    stopped = budget and budget.deadline and budget.deadline.stopped_at
+    config = setup.config.replace(minutes=None, stop_at=stopped or setup.config.stop_at)
+    if not config.stop_at:
+        return replace(setup, config=config)
+    plan = until_stop(replace(setup, config=config)).plan
+    per_call = plan.steps_per_call  # StopAt stops at the end of the call that reaches stop_at
+    return replace(setup, config=config,
+                   plan=replace(plan, steps=min(plan.steps, math.ceil(config.stop_at / per_call) * per_call)))

@@ -68,7 +68,8 @@ def check_diverged(setup: Setup, curve, start_loss: float, backup, out_dir: Path
 def measure(setup: Setup, clock, start_epoch: int, fit_seconds: float, started: float) -> dict:
     """metrics.json: the losses on the whole dev split and on the train split (or, when it is large,
     a fixed sample of :data:`TRAIN_LOSS_EXAMPLES` of its examples), and what the run took."""
-    steps_run = setup.plan.steps - start_epoch * setup.plan.steps_per_epoch
+    resumed_at = min(start_epoch * setup.plan.steps_per_epoch, setup.plan.steps)  # (a last epoch cut short)
+    steps_run = setup.plan.steps - resumed_at
     data = setup.data
     metrics = {
         "train_loss": evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False,
@@ -85,7 +86,7 @@ def measure(setup: Setup, clock, start_epoch: int, fit_seconds: float, started: 
         "batch_size": setup.config.batch_size,
     }
     if start_epoch:
-        metrics["resumed_at_step"] = start_epoch * setup.plan.steps_per_epoch
+        metrics["resumed_at_step"] = resumed_at
     return metrics
 
 

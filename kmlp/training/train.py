@@ -18,7 +18,7 @@ from kmlp.data.pipeline import NamesData
 from kmlp.runs import folders, rundir
 from kmlp.runs.lock import RunLock
 from kmlp.training import backup as backups, distributed, logs
-from kmlp.training.budget import fit_to_budget
+from kmlp.training.budget import as_ran, end_callbacks, fit_to_budget, until_stop
 from kmlp.training.callbacks.progress import Progress
 from kmlp.training.results import TrainResult, check_diverged, data_location, fit_verdict, measure, save_run
 from kmlp.training.setup import EVAL_BATCH, evaluate_loss, prepare
@@ -45,8 +45,11 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
 
     With ``config.minutes`` the steps are planned so that the whole call ends within that many
     minutes, counted from ``started`` (a ``time.perf_counter()`` value; default: now), see
-    :func:`fit_to_budget`; metrics.json records the plan under ``budget``. ``verbose`` shows the
-    progress in optimizer steps (:class:`kmlp.training.callbacks.progress.Progress`).
+    :func:`fit_to_budget`; if the machine gets slower, the run ends early, at the end of a call (its
+    schedule still the one planned for its steps). The result's configuration, as config.json, is the
+    run as it ran (no ``minutes``; ``stop_at`` where it ended early): it repeats the run exactly, and
+    metrics.json records the budget under ``budget``. ``verbose`` shows the progress in optimizer
+    steps (:class:`kmlp.training.callbacks.progress.Progress`).
     """
     started = time.perf_counter() if started is None else started
     worker = distributed.worker_name(strategy)  # None: this process writes the run
@@ -59,7 +62,8 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         backup = backups.Backup(out_dir, worker)
         setup, budget = (setup, None) if config.minutes is None else \
             fit_to_budget(setup, backup, resume, started, preset_name, log)
-        log(setup.describe())
+        setup = until_stop(setup)
+        log(as_ran(setup).describe())
         expected = backups.identity(setup.config, data, setup.plan)
         start_epoch = distributed.agree_on_start(setup.strategy, backup, backup.start(resume, expected, log),
                                                  expected, log)
@@ -70,24 +74,25 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
             logs.write_config(backup.logs / logs.TRAIN, {"preset": preset_name, "data": data_location(data),
                                                          **setup.config.to_dict()})
         log(logs.watch_hint(backup.logs, out_dir))
-        progress = [Progress(setup.plan.steps, earlier=clock.earlier)] if verbose else []
+        progress = [Progress(as_ran(setup).plan.steps, earlier=clock.earlier)] if verbose else []
         fit_started = time.perf_counter()
         try:
-            history = setup.fit([keras.callbacks.TerminateOnNaN(), board, *backup_callbacks, *progress, *callbacks],
-                                start_epoch=start_epoch)
+            history = setup.fit([keras.callbacks.TerminateOnNaN(), board, *backup_callbacks, *progress, *callbacks,
+                                 *end_callbacks(setup, budget)], start_epoch=start_epoch)
         except KeyboardInterrupt:
             log(f"interrupted; the same command with --resume continues from the last completed "
                 f"epoch (kept in {backup.path})")
             raise
         fit_seconds = time.perf_counter() - fit_started
+        setup = as_ran(setup, budget)
         check_diverged(setup, curve, start_loss, backup, out_dir)
         metrics = measure(setup, clock, start_epoch, fit_seconds, started)
         if budget:
-            metrics["budget"] = budget
+            metrics["budget"] = budget.record(setup.config)
         if worker is None:
             save_run(setup, out_dir, metrics, curve, backup, preset_name, log)
         backup.remove()
-    steps_run = setup.plan.steps - start_epoch * setup.plan.steps_per_epoch
+    steps_run = metrics["steps"] - metrics.get("resumed_at_step", 0)
     sampled = "" if metrics["train_loss_examples"] == metrics["train_examples"] else \
         f" (on a fixed sample of {metrics['train_loss_examples']:,} of {metrics['train_examples']:,} examples)"
     log(f"train loss {metrics['train_loss']:.4f}{sampled}  dev loss {metrics['dev_loss']:.4f}  "

@@ -156,18 +156,19 @@ def test_both_loops_train_on_kmlps_split_whatever_the_seed(tiny_names_file):
 
 
 @pytest.mark.integration
-def test_minutes_bench_prints_a_row_per_budget(tiny_names_file):
+def test_minutes_bench_prints_a_row_per_budget_with_busy_processes_from_half_way(tiny_names_file):
     flags = "--block-size 3 --n-embd 4 --n-hidden 16 --batch-size 8 --no-jit --decay-at none --minutes 0.3"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_minutes.py"), flags, "--data",
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_minutes.py"), "--busy", flags, "--data",
                            str(tiny_names_file)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     if too_short(done.stderr):
         pytest.skip(f"the machine is too busy for an 18-second run: {too_short(done.stderr)}")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = done.stdout.splitlines()
-    assert rows[0].startswith("| command | budget | took | steps planned |") and len(rows) == 3
-    assert re.match(rf"\| `kmlp train {flags}` \| 18 s \| [\d.]+ s \| [\d,]+ \| [\d,.]+; [\d.]+ s; [\d.]+ s; "
-                    rf"[\d.]+ s \|$", rows[2]), rows[2]
-    assert "load average" in done.stderr
+    assert rows[0].startswith("| command | machine | budget | took | steps planned | steps run |") and len(rows) == 3
+    assert re.match(rf"\| `kmlp train {flags}` \| 2 busy processes from half-way \| 18 s \| [\d.]+ s \| [\d,]+"
+                    rf"( \(`[^`]+`\))? \| [\d,]+( \(`--stop-at \d+`\))? \| [\d.]+ \| [\d,.]+; [\d.]+ s; [\d.]+ s; "
+                    rf"[\d.]+ s \|$", rows[2]), rows[2]  # (stopped if it fell behind)
+    assert "load average" in done.stderr and "2 busy processes from 9 s" in done.stderr
 
 
 @pytest.mark.integration

@@ -20,10 +20,10 @@ def test_a_preset_a_config_file_or_a_length_means_steps_unless_minutes_are_asked
     assert train_config("--steps", "100") == preset("default").replace(steps=100)
     assert train_config("--epochs", "2") == preset("default").replace(steps=None, epochs=2)
     assert train_config("--preset", "best", "--minutes", "10") == preset("best").replace(minutes=10)
-    run_config = tmp_path / "config.json"  # a --minutes run's config.json holds its planned steps
-    atomic.write_json(run_config, {"config": preset("default").replace(minutes=3, steps=3750).to_dict()})
-    assert train_config("--config", run_config).minutes == 3
-    assert train_config("--config", run_config, "--steps", "3750") == preset("default").replace(steps=3750)
+    run_config = tmp_path / "config.json"  # a --minutes run's config.json: the steps it ran, no minutes
+    atomic.write_json(run_config, {"config": preset("default").replace(steps=3750).to_dict()})
+    assert train_config("--config", run_config) == preset("default").replace(steps=3750)
+    assert train_config("--config", run_config, "--minutes", "3") == preset("default").replace(minutes=3, steps=3750)
 
 
 def test_jit_and_precision_flags_turn_the_best_preset_back_into_its_float32_recipe():

@@ -26,7 +26,7 @@ from kmlp.training import backup as backups
     (["--dropout", "1.5"], "--dropout must be in"), (["--rdrop", "-1"], "--rdrop"),
     (["--preset", "fast", "--rdrop", "1"], "--rdrop needs --dropout above 0"),
     (["--preset", "huge"], "unknown preset 'huge'; choose one of: best, default, fast, lecture"),
-    (["--minutes", "1"], "--minutes and --steps/--epochs both set how long the run trains; give one"),
+    (["--minutes", "1"], "--minutes and --steps both set how long the run trains; give one"),
     (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
     (["--norm", "group"], "argument --norm: invalid choice"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
@@ -42,7 +42,7 @@ def test_a_bad_budget_is_one_line(value, tiny_names_file, tmp_path, capsys):
     code, _, err = main(capsys, "train", "--data", tiny_names_file, "--out", tmp_path / "run", "--minutes", value)
     assert_one_line_error(code, err, f"--minutes must be a positive number, got {float(value)!r}")
     code, _, err = main(capsys, "train", "--minutes", "2", "--epochs", "3")
-    assert_one_line_error(code, err, "--minutes and --steps/--epochs both set how long the run trains")
+    assert_one_line_error(code, err, "--minutes and --epochs both set how long the run trains")
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -1,13 +1,17 @@
-"""kmlp.cli.training: train, tune and lr-find never write over a user's files; train's progress
-and its --minutes plan."""
+"""kmlp.cli.training: train, tune and lr-find never write over a user's files; train's progress,
+its --minutes plan, and one rule for a budget and a length in flags and files."""
 
+import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 from cli_helpers import TINY_MODEL, assert_one_line_error, main
 
+from kmlp.cli import main as cli
 from kmlp.runs import rundir
+from kmlp.runs.rundir import load_run
 from kmlp.training import budget
 
 
@@ -91,4 +95,45 @@ def test_train_minutes_plans_the_steps_and_says_how_to_repeat_them(tiny_names_fi
     record = rundir.read_json(tmp_path / "run" / "metrics.json")["budget"]
     assert record["minutes"] == 0.5 and record["planned_steps"] == 500 and record["repeat_with"] == "--steps 500"
     assert record["seconds_per_step"] > 0 and record["seconds_before_training"] > 0
-    assert rundir.read_json(tmp_path / "run" / "config.json")["config"]["steps"] == 500
+    ran = rundir.read_json(tmp_path / "run" / "config.json")["config"]
+    assert ran["steps"] == 500 and ran["minutes"] is None and ran["stop_at"] is None
+    code, out, err = main(capsys, "train", "--data", tiny_names_file, "--out", tmp_path / "again", "--config",
+                          tmp_path / "run" / "config.json", "--samples", "0", "--quiet")
+    assert code == 0, err
+    assert "--minutes" not in out and rundir.read_json(tmp_path / "again" / "config.json")["config"] == ran
+    timed, repeated = (load_run(tmp_path / name).model for name in ("run", "again"))
+    for a, b in zip(timed.variables, repeated.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("keys, flags", [
+    (["minutes", "steps"], ["--minutes", "1", "--steps", "40"]),
+    (["minutes", "epochs"], ["--minutes", "1", "--epochs", "2"]),
+    (["minutes", "stop_at"], ["--minutes", "1", "--stop-at", "20"]),
+])
+def test_a_budget_and_a_length_from_one_file_are_refused_as_from_the_flags(keys, flags, tmp_path, capsys):
+    """One rule: a --config file that sets both, as the flags that give both, is refused in one line
+    naming them, before anything loads; null is not set (a run's own config.json has minutes null)."""
+    hand_written = tmp_path / "mine.json"
+    hand_written.write_text(json.dumps({"n_hidden": 16, keys[0]: 1, keys[1]: 20}))
+    line = assert_one_line_error(*main(capsys, "train", "--config", hand_written)[::2])
+    assert line == (f"kmlp: error: {hand_written}: {keys[0]} and {keys[1]} both set how long the run trains; "
+                    f"give one (a --minutes run records in metrics.json the --steps that repeat it exactly)")
+    line = assert_one_line_error(*main(capsys, "train", *flags)[::2])
+    assert line == (f"kmlp: error: {flags[0]} and {flags[2]} both set how long the run trains; give one (a "
+                    f"--minutes run records in metrics.json the --steps that repeat it exactly)")
+    hand_written.write_text(json.dumps({keys[0]: None, keys[1]: 20, "steps": 100}))
+    assert cli.train_config_from_args(cli.build_parser().parse_args(["train", "--config", str(hand_written)]))
+
+
+def test_stop_at_comes_with_a_length_and_a_new_length_drops_a_files(tmp_path):
+    def config(*flags):
+        return cli.train_config_from_args(cli.build_parser().parse_args(["train", *flags]))
+
+    assert config("--steps", "3000", "--stop-at", "500").stop_at == 500
+    cut = tmp_path / "config.json"  # as a --minutes run that was cut records it
+    cut.write_text(json.dumps({"config": {"steps": 3000, "stop_at": 500, "minutes": None}}))
+    assert config("--config", str(cut)).stop_at == 500 and config("--config", str(cut)).minutes is None
+    assert config("--config", str(cut), "--steps", "3000").stop_at is None
+    assert config("--config", str(cut), "--stop-at", "800").stop_at == 800
+    assert config("--config", str(cut), "--minutes", "2").stop_at is None  # planned anew

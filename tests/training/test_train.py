@@ -1,14 +1,10 @@
-"""kmlp.training.train and the train/evaluate/sample commands: plans, time budgets, the shared setup,
-divergence, run directories, real-data training."""
+"""kmlp.training.train and the train/evaluate/sample commands: plans, the shared setup, divergence,
+run directories, real-data training (time budgets: test_budget.py)."""
 
 import csv
-import dataclasses
 import json
 import math
-import os
-import time
 
-import keras
 import numpy as np
 import pytest
 from conftest import TINY_WORDS, run_cli
@@ -16,12 +12,9 @@ from conftest import TINY_WORDS, run_cli
 from kmlp.cli import main as cli
 from kmlp.config import Config, preset
 from kmlp.data.pipeline import NamesData
-from kmlp.errors import ConfigError, RunError, TrainingDiverged
+from kmlp.errors import ConfigError, TrainingDiverged
 from kmlp.models.mlp import build_model
 from kmlp.runs.rundir import load_run
-from kmlp.training import budget
-from kmlp.training.budget import RunCost, plan_minutes, repeat_flags
-from kmlp.training.callbacks.schedules import CosineDecay
 from kmlp.training.results import fit_verdict
 from kmlp.training.setup import PARALLEL_WORK, count_weights, plan_training, prepare
 from kmlp.training.train import train
@@ -147,167 +140,6 @@ def test_a_large_train_split_is_scored_on_a_fixed_sample(small_run):
     assert result.metrics["train_loss"] == pytest.approx(on_sample, rel=1e-6)
     assert any(line.startswith("train loss ") and f"(on a fixed sample of 40 of {n:,} examples)" in line
                for line in lines), lines
-
-
-# ---------------------------------------------------------------------------------------------
-# Time budgets (--minutes)
-
-NAMES_LIKE = NamesData.from_words([f"w{i:05d}x" for i in range(20_000)])  # a pass: 4,000 steps at batch 32
-TINY = dict(block_size=3, n_embd=4, n_hidden=16, batch_size=8, jit_compile=False)
-
-
-def cost(**changes) -> RunCost:
-    return RunCost(**{**dict(before=5.0, step=1e-4, evaluation=0.05, finish=2.0, compile=1.0, compiled=(250,)),
-                      **changes})
-
-
-@pytest.mark.parametrize("minutes, step, evaluation", [(1, 1e-4, 0.05), (0.5, 2e-5, 0.01), (3, 4e-2, 0.5),
-                                                       (30, 3e-5, 0.3), (2, 1e-3, 2.0)])
-def test_a_plan_fills_its_budget_with_evaluations_spread_as_usual(minutes, step, evaluation):
-    config = Config(minutes=minutes, decay_at=[], schedule="cosine")
-    measured = cost(step=step, evaluation=evaluation)
-    plan = plan_training(plan_minutes(config, NAMES_LIKE, measured), NAMES_LIKE)
-    budget = minutes * 60
-    assert measured.seconds(plan) <= budget
-    epoch = plan.steps_per_epoch * step + evaluation
-    assert measured.seconds(plan) >= budget - 2 * epoch - 0.01 * budget  # nearly all of it
-    assert plan.steps_per_call == 250 and plan.steps % 250 == 0
-    passes = plan.steps / NAMES_LIKE.steps_per_epoch(config.batch_size)
-    aimed = max(1, min(200, plan.steps // 250, round(passes)))  # one evaluation a pass, 200 at most
-    assert aimed / 2 < plan.epochs <= aimed
-
-
-def test_milestones_keep_their_share_of_the_planned_steps():
-    lecture = preset("lecture").replace(minutes=1)  # 200k steps, the rate cut at 100k
-    planned = plan_minutes(lecture, NAMES_LIKE, cost())
-    assert planned.steps != 200_000 and planned.decay_at == [round(planned.steps / 2 / 250) * 250]
-    assert plan_training(planned, NAMES_LIKE).steps_per_call == 250
-    assert repeat_flags(lecture, planned) == f"--steps {planned.steps} --decay-at {planned.decay_at[0]}"
-    fast = preset("fast").replace(minutes=0.25)  # 1,200 steps, cut at 700 and 1,000
-    planned = plan_minutes(fast, NAMES_LIKE, cost(step=1e-3))
-    assert [round(m / planned.steps, 1) for m in planned.decay_at] == [0.6, 0.8]
-    assert all(m % 250 == 0 for m in planned.decay_at) and planned.minutes == 0.25
-
-
-def test_a_budget_too_short_for_a_call_of_the_usual_size_runs_calls_of_10_steps():
-    config = Config(minutes=0.25, decay_at=[])
-    slow = cost(step=0.05, evaluation=1.0, compiled=(10,))  # a call of 250 steps: 12.5 s
-    planned = plan_minutes(config, NAMES_LIKE, slow)
-    assert planned.steps_per_call == 10 and planned.steps % 10 == 0 and planned.steps < 250
-    assert slow.seconds(plan_training(planned, NAMES_LIKE)) <= 15
-    assert repeat_flags(config, planned) == f"--steps {planned.steps} --steps-per-call 10"
-    with pytest.raises(ConfigError, match=r"^--minutes 0.1 is too short for this run on this machine: .* "
-                                          r"give at least --minutes 0.2$"):
-        plan_minutes(config.replace(minutes=0.1), NAMES_LIKE, dataclasses.replace(slow, compiled=()))
-
-
-def timed_plan(config, data, cost):
-    """A plan that does not depend on how fast the machine is today (what the test is not about)."""
-    return budget._scaled(config, 1000, 250)
-
-
-class InterruptAfter(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
-@pytest.mark.parametrize("recipe", [
-    dict(n_layers=2, norm="batch", dropout=0.1, rdrop=0.5, optimizer="adamw", weight_decay=0.1, lr=1e-2,
-         schedule="cosine", decay_at=[]),
-    dict(optimizer="sgd", lr=0.2, steps=4000, decay_at=[2000]),
-    dict(arch="hierarchical", block_size=4, n_layers=2, norm="batch", init="fan_in", norm_momentum=0.9,
-         norm_epsilon=1e-5, optimizer="sgd", lr=0.2, steps=4000, decay_at=[2000]),
-], ids=["adamw-batchnorm-rdrop-cosine", "sgd-step-decay", "hierarchical-part5-recipe"])
-def test_a_minutes_run_is_exactly_the_run_its_recorded_steps_repeat(recipe, tiny_names_file, tmp_path,
-                                                                    monkeypatch):
-    measured = []
-    measure = budget.measure_cost
-    monkeypatch.setattr(budget, "measure_cost", lambda *a, **k: measured.append(measure(*a, **k)) or measured[-1])
-    monkeypatch.setattr(budget, "plan_minutes", timed_plan)
-    timed = train(Config(**{**TINY, "minutes": 5, **recipe}), data_path=tiny_names_file, out_dir=tmp_path / "timed",
-                  **QUIET)
-    assert len(measured) == 1 and measured[0].step > 0  # the model trained while measuring
-    flags = timed.metrics["budget"]["repeat_with"]
-    assert flags == ("--steps 1000" + (" --decay-at 500" if recipe["decay_at"] else ""))
-    args = cli.build_parser().parse_args(["train", "--config", str(tmp_path / "timed" / "config.json"),
-                                          *flags.split()])
-    repeated = train(cli.train_config_from_args(args), data_path=tiny_names_file, out_dir=tmp_path / "steps",
-                     **QUIET)
-    assert repeated.config.minutes is None and repeated.metrics["steps"] == timed.metrics["steps"] == 1000
-    for a, b in zip(timed.model.variables, repeated.model.variables):  # weights, statistics, seeds
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-    for key in ("loss", "val_loss", "lr"):  # every epoch's figures but the time
-        assert timed.history[key] == repeated.history[key], key
-    assert timed.metrics["dev_loss"] == repeated.metrics["dev_loss"]
-    if recipe["decay_at"]:  # the cut moved with the run: from step 2,000 of 4,000 to 500 of 1,000
-        per_epoch = plan_training(timed.config, timed.data).steps_per_epoch
-        rates = [(per_epoch * (e + 1), lr) for e, lr in enumerate(timed.history["lr"])]
-        before, after = [lr for end, lr in rates if end <= 500], [lr for end, lr in rates if end > 500]
-        assert before == pytest.approx([0.2] * len(before)) and after == pytest.approx([0.02] * len(after))
-        assert before and after
-
-
-def test_a_resumed_minutes_run_keeps_the_steps_it_planned(tiny_names_file, tmp_path, monkeypatch):
-    config = Config(**TINY, minutes=5, decay_at=[], optimizer="adam", lr=1e-2)
-    monkeypatch.setattr(budget, "plan_minutes", timed_plan)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", callbacks=[InterruptAfter(1)], **QUIET)
-
-    def measure_again(*args, **kwargs):
-        raise AssertionError("a resumed run measured the machine again")
-
-    monkeypatch.setattr(budget, "measure_cost", measure_again)
-    said = []
-    result = train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", resume=True, verbose=0,
-                   log=said.append)
-    assert "resuming a --minutes 5 run: it keeps the 1,000 steps it planned" in said
-    assert result.metrics["steps"] == 1000 and result.metrics["resumed_at_step"] == 500
-    assert result.metrics["budget"] == {"minutes": 5, "planned_steps": 1000, "repeat_with": "--steps 1000"}
-
-
-def test_resuming_with_another_budget_is_another_run(tiny_names_file, tmp_path, monkeypatch):
-    config = Config(**TINY, minutes=5, decay_at=[], optimizer="adam", lr=1e-2)
-    monkeypatch.setattr(budget, "plan_minutes", timed_plan)
-    monkeypatch.setattr(budget, "measure_cost", lambda *args, **kwargs: cost())
-    with pytest.raises(KeyboardInterrupt):
-        train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", callbacks=[InterruptAfter(0)], **QUIET)
-    with pytest.raises(RunError, match=r"another run \(options minutes differ\)"):
-        train(config.replace(minutes=6), data_path=tiny_names_file, out_dir=tmp_path / "run", resume=True,
-              **QUIET)
-
-
-def test_a_short_budget_ends_within_a_tenth_of_it_and_its_schedule_spans_the_planned_steps(
-        tiny_names_file, tmp_path):
-    """The whole train() call, timed. The plan rests on speeds measured just before training; on a
-    machine busy with other work they change from one second to the next, so a miss is tried again,
-    and if all three attempts miss while the machine is busy (load average above 1.5 per core), the
-    test is skipped rather than failed."""
-    given = 100_000_000  # more steps than 30 s hold on any machine: the budget decides
-    config = Config(**TINY, minutes=0.5, steps=given, schedule="cosine", decay_at=[], lr=0.1)
-    budget, took = config.minutes * 60, []
-    for attempt in range(3):
-        began = time.perf_counter()
-        result = train(config, data_path=tiny_names_file, out_dir=tmp_path / f"run{attempt}", **QUIET)
-        took.append(round(time.perf_counter() - began, 1))
-        if abs(took[-1] - budget) <= 0.1 * budget:
-            break
-    else:
-        load = os.getloadavg()[0]
-        if load > 1.5 * os.cpu_count():
-            pytest.skip(f"a busy machine (load average {load:.1f}): {took} s for a budget of {budget:g} s")
-        pytest.fail(f"{took} s for a budget of {budget:g} s (load average {load:.1f}); the last plan: "
-                    f"{result.metrics['budget']}")
-    steps = result.metrics["steps"]
-    assert steps == result.metrics["budget"]["planned_steps"] < given
-    per_epoch, per_call = steps // result.metrics["epochs"], plan_training(result.config, result.data).steps_per_call
-    expected = CosineDecay(0.1, steps)  # the cosine spans the planned steps, not the steps given
-    for epoch, rate in enumerate(result.history["lr"]):
-        assert rate == pytest.approx(expected.rate_at((epoch + 1) * per_epoch - per_call), rel=1e-5, abs=1e-7)
 
 
 @pytest.mark.integration

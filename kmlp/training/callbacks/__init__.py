@@ -5,6 +5,8 @@
     tensorboard.py  TensorBoard: Keras's, in optimizer steps, with the embedding projector
     timing.py       ElapsedTime (across resumed parts), StepTimer (cost of a step and an epoch)
     progress.py     Progress: one line, steps done of the total, time left, loss
+    stop_at.py      StopAt: ending a training at a given step, its schedule planned for more
+    deadline.py     Deadline: ending a training early when going on would end after a deadline
     lr_finder.py    LRFinder: Leslie Smith's learning-rate range test
     state.py        the optimizer's rate and step; a copy of the training state, put back exactly
 """
