@@ -3,6 +3,7 @@ the end, and print one Markdown row per preset from the runs' metrics.json.
 
     python benchmarks/presets_table.py              # lecture, fast, default, best, best in 10 minutes
     python benchmarks/presets_table.py --presets fast default --budgets --out-root /tmp/presets
+    python benchmarks/presets_table.py --presets part3 part5 --budgets   # the lecture's parts 3 and 5
 
 Each row's command is exactly what was run (plus ``kmlp evaluate DIR --split test``): a preset
 trained for its own steps, or for a time budget (``--budgets best:10`` runs ``kmlp train --preset

@@ -3,78 +3,28 @@ option is checked by (without loading TensorFlow, so that the command line repor
 
 Each rule is one function, used by the Python API and the command line alike; it raises
 :class:`ConfigError` with a message naming the option as the command line spells it, or, for a value
-read from a configuration file, the file and its key (:class:`Naming`). Every count must be one that
+read from a configuration file, the file and its key (:class:`kmlp.naming.Naming`). Every count must be one that
 TensorFlow represents (int64), and a training must fit in this machine's memory
 (:func:`check_fits_in_memory`, estimated from the options together).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
-import reprlib
 import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 
 from kmlp.errors import ConfigError
+from kmlp.naming import FLAGS, Naming, is_int as _is_int, option_key as _key, shown as _shown
+from kmlp.shapes import ARCHS, FUSE, check_fusing, hidden_layers
 from kmlp.utils.jsonfile import read_json
 
 MAX_SEED = 2**32 - 1  # what numpy's and Python's generators (seeded by keras.utils.set_random_seed) take
 MAX_INT64 = 2**63 - 1  # TensorFlow counts steps and sizes in int64: a larger count cannot be represented
-
-
-class Naming:
-    """How a message names options and shows their values: as the command line spells them
-    (``--n-hidden``, ``True``; :data:`FLAGS`), or as the configuration file ``file`` does
-    (``FILE: n_hidden ...``, ``true``) for the options it set, ``keys`` (None: all of them).
-
-    Every check takes one, so that a value read from a file is reported in the file's terms.
-    """
-
-    def __init__(self, file=None, keys=None):
-        self.file = None if file is None else str(file)
-        self.keys = None if keys is None else frozenset(keys)
-
-    def from_file(self, flag: str) -> bool:
-        return self.file is not None and (self.keys is None or _key(flag) in self.keys)
-
-    def option(self, flag: str) -> str:
-        """``--n-hidden`` as the source of its value spells it."""
-        return _key(flag) if self.from_file(flag) else flag
-
-    def value(self, value, flag: str) -> str:
-        return _shown(value, as_json=self.from_file(flag))
-
-    def error(self, message: str, *flags: str) -> ConfigError:
-        """The error saying ``message`` about ``flags``, prefixed by the file if it set one of them."""
-        return ConfigError(f"{self.file}: {message}" if any(map(self.from_file, flags)) else message)
-
-    def bad(self, flag: str, rule: str, value) -> ConfigError:
-        """``--flag RULE, got VALUE`` in this naming."""
-        return self.error(f"{self.option(flag)} {rule}, got {self.value(value, flag)}", flag)
-
-
-FLAGS = Naming()
-
-
-def _key(flag: str) -> str:
-    return "jit_compile" if flag == "--jit" else flag.removeprefix("--").replace("-", "_")
-
-
-_BRIEF = reprlib.Repr()  # a value in a message: a long string or a deep list is cut short
-_BRIEF.maxstring = _BRIEF.maxother = _BRIEF.maxlong = 60
-
-
-def _shown(value, as_json: bool = False) -> str:
-    if _is_int(value) and value.bit_length() > 192:  # (str() refuses past 4,300 digits)
-        return f"an integer of {int(value.bit_length() * math.log10(2)) + 1} digits"
-    if as_json and (value is None or isinstance(value, (bool, float))):
-        return json.dumps(value)  # null, true, NaN: as the file wrote it
-    return _BRIEF.repr(value)
 
 
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving's model versions are int64
@@ -87,10 +37,6 @@ def check_version(value, flag: str = "--version") -> int:
         raise ConfigError(f"{flag} must be an integer from 1 to {MAX_VERSION} (TensorFlow Serving's "
                           f"versions are int64), got {value!r}")
     return int(value)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
@@ -132,7 +78,7 @@ def _check_non_negative(value, flag: str, naming: Naming) -> None:
 
 
 NORMS = ("none", "batch", "layer")
-INITS = ("glorot", "normal")
+INITS = ("glorot", "normal", "kaiming", "fan_in")
 PRECISIONS = ("float32", "mixed_bfloat16")  # Keras dtype policies a model can be built with
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine")
@@ -144,9 +90,12 @@ def _check_choice(value, flag: str, options, naming: Naming) -> None:
 
 
 def check_model_options(block_size=3, n_embd=10, n_hidden=200, n_layers=1, dropout=0.0, rdrop=0.0,
-                        norm="none", init="glorot", precision="float32", naming: Naming = FLAGS) -> None:
+                        norm="none", init="glorot", precision="float32", naming: Naming = FLAGS,
+                        arch="mlp", fuse=FUSE, norm_momentum=0.99, norm_epsilon=1e-3) -> None:
     """The rules for the model's shape and regularisation, for :meth:`Config.validate` and
     :func:`kmlp.models.mlp.build_model` alike; :class:`ConfigError` names the flag."""
+    _check_choice(arch, "--arch", ARCHS, naming)
+    check_integer(fuse, "--fuse", least=2, naming=naming)
     for flag, value in (("--block-size", block_size), ("--n-embd", n_embd), ("--n-hidden", n_hidden),
                         ("--n-layers", n_layers)):
         check_positive_int(value, flag, naming)
@@ -160,6 +109,10 @@ def check_model_options(block_size=3, n_embd=10, n_hidden=200, n_layers=1, dropo
     _check_choice(norm, "--norm", NORMS, naming)
     _check_choice(init, "--init", INITS, naming)
     _check_choice(precision, "--precision", PRECISIONS, naming)
+    if not _is_number(norm_momentum) or not 0.0 <= norm_momentum < 1.0:
+        raise naming.bad("--norm-momentum", "must be in [0, 1)", norm_momentum)
+    check_positive_number(norm_epsilon, "--norm-epsilon", naming)
+    check_fusing(arch, fuse, block_size, n_layers, naming)
 
 
 def check_optimizer_options(optimizer="sgd", lr=0.1, weight_decay=0.0, naming: Naming = FLAGS) -> None:
@@ -234,8 +187,9 @@ def check_one_length(given, naming: Naming = FLAGS) -> None:
 SEARCH_ALGORITHMS = ("hyperband", "random")
 
 
-def check_search(max_trials, max_minutes, steps, seed, algorithm) -> None:
+def check_search(max_trials, max_minutes, steps, seed, algorithm, arch="mlp") -> None:
     """The rules for a hyperparameter search (``kmlp tune``, :func:`kmlp.training.tune.tune`)."""
+    _check_choice(arch, "--arch", ARCHS, FLAGS)
     check_positive_int(max_trials, "--max-trials")
     check_positive_number(max_minutes, "--max-minutes")
     check_positive_int(steps, "--steps")
@@ -286,22 +240,23 @@ def check_kept_in_memory(count: int, bytes_each: int, flag: str, what: str, memo
 
 
 def parameter_count(vocab_size: int, block_size: int, n_embd: int, n_hidden: int, n_layers: int,
-                    norm: str = "none") -> int:
+                    norm: str = "none", arch: str = "mlp", fuse: int = FUSE) -> int:
     """The model's parameters (batch normalisation's moving statistics included)."""
-    v, t, e, h, n = vocab_size, block_size, n_embd, n_hidden, n_layers
+    v, e, h, n = vocab_size, n_embd, n_hidden, n_layers
     per_layer = {"none": h, "batch": 4 * h, "layer": 2 * h}[norm]  # biases, or the norm's
-    return v * e + t * e * h + (n - 1) * h * h + n * per_layer + h * v + v
+    dense = sum(inputs * h for inputs, _ in hidden_layers(block_size, e, h, n, arch, fuse))
+    return v * e + dense + n * per_layer + h * v + v
 
 
 MODEL_FLAGS = ("--block-size", "--n-embd", "--n-hidden", "--n-layers")
 
 
 def check_model_size(vocab_size: int, block_size: int, n_embd: int, n_hidden: int, n_layers: int,
-                     norm: str = "none", memory: int | None = None) -> None:
+                     norm: str = "none", memory: int | None = None, arch: str = "mlp", fuse: int = FUSE) -> None:
     """Refuse a model whose weights alone cannot fit in ``memory`` (default: this machine's), for
     :func:`kmlp.models.mlp.build_model`; a training needs more (:func:`check_fits_in_memory`)."""
     memory = machine_memory() if memory is None else memory
-    size = parameter_count(vocab_size, block_size, n_embd, n_hidden, n_layers, norm) * FLOAT_BYTES
+    size = parameter_count(vocab_size, block_size, n_embd, n_hidden, n_layers, norm, arch, fuse) * FLOAT_BYTES
     if memory and size > memory:
         knobs = dict(zip(MODEL_FLAGS, (block_size, n_embd, n_hidden, n_layers)))
         raise _too_large("a model", knobs, size, "its weights", memory, f"vocabulary of {vocab_size} tokens")
@@ -310,11 +265,12 @@ def check_model_size(vocab_size: int, block_size: int, n_embd: int, n_hidden: in
 def training_memory(config: "Config", vocab_size: int = MIN_VOCAB) -> list[tuple[str, int, tuple]]:
     """``(what, bytes at least, the flags it grows with)`` for each part of a training's memory."""
     slots = 2 if config.optimizer in ("adam", "adamw") else 0  # Adam's two moments; plain SGD none
-    params = parameter_count(vocab_size, config.block_size, config.n_embd, config.n_hidden,
-                             config.n_layers, config.norm)
-    # Per example: its embeddings, each hidden layer's output and gradient, the logits and theirs;
+    shape = (config.block_size, config.n_embd, config.n_hidden, config.n_layers)
+    params = parameter_count(vocab_size, *shape, config.norm, config.arch, config.fuse)
+    # Per example: its embeddings, each hidden layer's outputs and gradients, the logits and theirs;
     # with R-Drop every example goes through the network twice.
-    row = config.block_size * config.n_embd + 2 * config.n_layers * config.n_hidden + 2 * vocab_size
+    outputs = sum(positions for _, positions in hidden_layers(*shape, config.arch, config.fuse))
+    row = config.block_size * config.n_embd + 2 * outputs * config.n_hidden + 2 * vocab_size
     activations = row * FLOAT_BYTES * config.batch_size * (2 if config.rdrop else 1)
     chunk = max(1, config.steps_per_call) * config.batch_size * (config.block_size + 1) * INDEX_BYTES
     return [
@@ -357,6 +313,8 @@ class Config:
     """Everything that defines a training run. The defaults are the lecture's model and recipe."""
 
     # model
+    arch: str = "mlp"            # mlp or hierarchical (kmlp.shapes)
+    fuse: int = FUSE             # positions each hierarchical level fuses (block_size = fuse ** n_layers)
     block_size: int = 3          # characters of context
     n_embd: int = 10             # embedding size per character
     n_hidden: int = 200          # units per hidden tanh layer
@@ -365,7 +323,10 @@ class Config:
     rdrop: float = 0.0           # R-Drop: run each minibatch twice (two dropout masks) and add this
                                  # times the symmetric KL between the two predictions to the loss
     norm: str = "none"           # normalisation before each tanh: none, batch or layer
-    init: str = "glorot"         # dense weights: glorot, or normal (N(0, 1) as in the lecture)
+    init: str = "glorot"         # dense weights: glorot, or normal (N(0, 1) as in the lecture), or
+                                 # kaiming / fan_in (the lecture's parts 3 / 5, see build_model)
+    norm_momentum: float = 0.99  # batch norm's moving statistics keep this share at each step
+    norm_epsilon: float = 1e-3   # added to the variance a normalisation divides by
     precision: str = "float32"   # float32, or mixed_bfloat16: float32 weights, bfloat16 products
     # optimisation
     batch_size: int = 32
@@ -426,7 +387,8 @@ def check_options(c, naming: Naming = FLAGS) -> None:
     """Every rule of a configuration, on ``c`` (a :class:`Config`, or any object with its fields)."""
     check_model_options(block_size=c.block_size, n_embd=c.n_embd, n_hidden=c.n_hidden,
                         n_layers=c.n_layers, dropout=c.dropout, rdrop=c.rdrop, norm=c.norm,
-                        init=c.init, precision=c.precision, naming=naming)
+                        init=c.init, precision=c.precision, naming=naming, arch=c.arch, fuse=c.fuse,
+                        norm_momentum=c.norm_momentum, norm_epsilon=c.norm_epsilon)
     check_optimizer_options(c.optimizer, c.lr, c.weight_decay, naming)
     check_positive_int(c.batch_size, "--batch-size", naming)
     check_positive_number(c.decay_factor, "--decay-factor", naming)
@@ -453,6 +415,15 @@ PRESETS: dict[str, dict] = {
     # batch 32, rate 0.1 then 0.01 (its dev loss, and Glorot's initial weights', are in the README).
     "lecture": dict(block_size=3, n_embd=10, n_hidden=200, init="normal", batch_size=32, steps=200_000,
                     optimizer="sgd", lr=0.1, decay_at=[100_000], decay_factor=0.1),
+    # The lecture's parts 3 and 5, exactly (docs/lecture-series.md: what Keras's batch norm does
+    # otherwise). Part 3's has no epsilon; Keras's needs one (without, a unit whose inputs are all
+    # alike is NaN, not 0): 1e-10 changes no variance above 1e-3 in float32.
+    "part3": dict(block_size=3, n_embd=10, n_hidden=200, norm="batch", init="kaiming",
+                  norm_momentum=0.999, norm_epsilon=1e-10, batch_size=32, steps=200_000, optimizer="sgd",
+                  lr=0.1, decay_at=[100_000], decay_factor=0.1),
+    "part5": dict(arch="hierarchical", fuse=2, block_size=8, n_embd=24, n_hidden=128, n_layers=3,
+                  norm="batch", init="fan_in", norm_momentum=0.9, norm_epsilon=1e-5, batch_size=32,
+                  steps=200_000, optimizer="sgd", lr=0.1, decay_at=[150_000], decay_factor=0.1),
     # What `kmlp train` does with no flags, in a few minutes: the shape and recipe of "best" (R-Drop
     # included), in float32 with XLA, for 4,500 steps (25 passes over the data).
     "default": dict(block_size=8, n_embd=32, n_hidden=512, n_layers=3, norm="batch", dropout=0.15,

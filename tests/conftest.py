@@ -42,17 +42,17 @@ def tiny_names_file(tmp_path) -> Path:
     return path
 
 
-def train_tiny_run(root: Path, steps_per_call: int = 0):
+def train_tiny_run(root: Path, steps_per_call: int = 0, **changes):
     """Train a small model on TINY_WORDS for 60 steps (in calls of ``steps_per_call``; 0: as kmlp
-    chooses) into ``root/run`` and load it back."""
+    chooses; ``changes`` to its configuration) into ``root/run`` and load it back."""
     from kmlp.config import Config
     from kmlp.runs.rundir import load_run
     from kmlp.training.train import train
 
     words = root / "tiny.txt"
     words.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
-    config = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3,
-                    steps_per_call=steps_per_call)
+    config = Config(**{**dict(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3,
+                              steps_per_call=steps_per_call), **changes})
     train(config, data_path=words, out_dir=root / "run", verbose=0, log=lambda *_: None)
     return load_run(root / "run")
 
@@ -62,6 +62,18 @@ def tiny_run_dir(tmp_path_factory) -> Path:
     """A run of :func:`train_tiny_run` in calls of 5 steps (4 evaluations of 3 calls), trained once
     for the session: read it as it is, and change only a copy of it (:func:`copy_run`)."""
     return train_tiny_run(tmp_path_factory.mktemp("tiny"), steps_per_call=5).path
+
+
+# The lecture's part 5 model (two levels of two positions), tiny: a flat run's tests repeated on it.
+HIERARCHICAL = dict(arch="hierarchical", block_size=4, n_layers=2, norm="batch", init="fan_in", norm_momentum=0.9,
+                    norm_epsilon=1e-5)
+
+
+@pytest.fixture(scope="session")
+def hierarchical_run_dir(tmp_path_factory) -> Path:
+    """A run of :func:`train_tiny_run` of the :data:`HIERARCHICAL` model, trained once for the session
+    (read it as it is; change only a copy of it)."""
+    return train_tiny_run(tmp_path_factory.mktemp("hierarchical"), steps_per_call=5, **HIERARCHICAL).path
 
 
 def copy_run(run_dir: Path, dest: Path) -> Path:

@@ -69,7 +69,7 @@ def test_the_split_seed_is_its_own_option():
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(init="he"), "--init must be glorot or normal"),
+    (dict(init="he"), "--init must be glorot, normal, kaiming or fan_in"),
     (dict(dropout=1.5), r"--dropout must be in \[0, 1\)"),
     (dict(rdrop=-1.0), "--rdrop must be a number >= 0"),
     (dict(dropout=0.0, rdrop=1.0), "--rdrop needs --dropout above 0"),
@@ -82,6 +82,14 @@ def test_the_split_seed_is_its_own_option():
     (dict(seed=-1), "--seed must be an integer from 0 to 4294967295"),
     (dict(split_seed=2**40), "--split-seed must be"),
     (dict(plateau_patience=2, decay_factor=1.5), "must then be below 1"),
+    (dict(arch="wavenet"), "--arch must be mlp or hierarchical"),
+    (dict(fuse=3), "^--fuse applies to --arch hierarchical only, got --fuse 3 with --arch mlp$"),
+    (dict(arch="hierarchical", fuse=1), "--fuse must be an integer of at least 2"),
+    (dict(arch="hierarchical", block_size=6), "^--arch hierarchical fuses --fuse 2 positions at each of "
+                                              "--n-layers 3 levels: --block-size must be 8, got 6$"),
+    (dict(arch="hierarchical", n_layers=100), "--block-size must be 2\\*\\*100, got 8$"),
+    (dict(norm_momentum=1.0), r"--norm-momentum must be in \[0, 1\)"),
+    (dict(norm_epsilon=0.0), "--norm-epsilon must be a positive number"),
 ])
 def test_an_out_of_range_value_names_the_flag(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -164,6 +172,9 @@ def test_a_training_that_cannot_fit_in_memory_names_the_flags_of_its_largest_par
     assert two_passes == 2 * one_pass
     plain, adam = (training_memory(Config(optimizer=o))[0][1] for o in ("sgd", "adam"))
     assert adam == 2 * plain
+    # the hierarchical model's weights, and its levels' outputs: 4, 2 and 1 vectors an example at context 8
+    weights, activations, _ = training_memory(preset("part5"), 27)
+    assert weights[1] == 77_347 * 4 * 2 and activations[1] == (8 * 24 + 2 * (4 + 2 + 1) * 128 + 2 * 27) * 4 * 32
 
 
 def test_a_model_whose_weights_cannot_fit_is_refused_before_it_is_built():

@@ -24,6 +24,7 @@ PUBLIC_NAMES = [
     "preset", "sample_names", "score_names", "split_words"]
 
 MODEL_FLAGS = [
+    "--arch", "--fuse", "--norm-epsilon", "--norm-momentum",
     "--batch-size", "--block-size", "--config", "--data", "--decay-at", "--decay-factor", "--dropout", "--epochs",
     "--init", "--jit", "--lr", "--n-embd", "--n-hidden", "--n-layers", "--no-jit", "--norm", "--optimizer",
     "--plateau-patience", "--precision", "--preset", "--rdrop", "--schedule", "--seed", "--split-seed", "--steps",
@@ -36,7 +37,7 @@ COMMANDS = {
                "--temperature", "--top-k", "--top-p", "--unique", "-n", "run_dir"],
     "score": ["--file", "--json", "names", "run_dir"],
     "export": ["--format", "--version", "run_dir"],
-    "tune": ["--algorithm", "--data", "--max-minutes", "--max-trials", "--out", "--seed", "--steps"],
+    "tune": ["--arch", "--algorithm", "--data", "--max-minutes", "--max-trials", "--out", "--seed", "--steps"],
     "lr-find": MODEL_FLAGS + ["--end-lr", "--json", "--num-steps", "--out", "--start-lr"],
     "serve": ["--data", "--host", "--model-name", "--port", "run_dir"],
 }

@@ -24,9 +24,15 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (flags override --config, which overrides --preset)")
     g.add_argument("--preset", help="named configuration: lecture (the lecture's recipe, exactly), default "
                    "(the recipe of best in float32, 4,500 steps), fast (dev loss under 2.17 in seconds), best "
-                   "(dev loss under 1.95 in the least time found; bfloat16 products) (default: default)")
+                   "(dev loss under 1.95 in the least time found; bfloat16 products), part3 and part5 (the lecture's "
+                   "batch-norm and hierarchical models, exactly) (default: default)")
     g.add_argument("--config", metavar="FILE", help="JSON configuration, e.g. written by kmlp tune")
     g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=["mlp", "hierarchical"],
+                   help="mlp: the whole context into the first hidden layer (default); hierarchical: "
+                        "--fuse consecutive positions fused at each of --n-layers levels, as the lecture's "
+                        "part 5 (--block-size must be --fuse to the power --n-layers)")
+    g.add_argument("--fuse", type=int, help="positions each level of --arch hierarchical fuses (default 2)")
     g.add_argument("--block-size", type=int, help="characters of context (lecture: 3)")
     g.add_argument("--n-embd", type=int, help="embedding size per character (lecture: 10)")
     g.add_argument("--n-hidden", type=int, help="units in each hidden tanh layer (lecture: 200)")
@@ -37,8 +43,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "times the symmetric KL divergence between the two predictions to the loss; "
                         "about twice the time per step (default 0: off)")
     g.add_argument("--norm", choices=["none", "batch", "layer"], help="normalisation before each tanh")
-    g.add_argument("--init", choices=["glorot", "normal"],
-                   help="initial dense weights: glorot (default) or normal, N(0, 1) as in the lecture")
+    g.add_argument("--init", choices=["glorot", "normal", "kaiming", "fan_in"],
+                   help="initial dense weights: glorot (default); normal, N(0, 1) as in the lecture; kaiming, "
+                        "the lecture's part 3 (N(0, 1) times 5/3 over sqrt(fan_in), logits' times 0.01); fan_in, "
+                        "its part 5 (N(0, 1) over sqrt(fan_in), logits' times 0.1)")
+    g.add_argument("--norm-momentum", type=float, help="share of batch norm's moving statistics kept at "
+                   "each step (default 0.99; PyTorch's momentum m is 1 - m here)")
+    g.add_argument("--norm-epsilon", type=float, help="added to the variance a normalisation divides by "
+                   "(default 0.001)")
     g.add_argument("--precision", choices=["float32", "mixed_bfloat16"],
                    help="float32 (default), or mixed_bfloat16: float32 weights, logits and loss, bfloat16 "
                         "matrix products (faster on CPUs with bfloat16 instructions, with --no-jit)")

@@ -156,13 +156,13 @@ def cmd_tune(args) -> int:
     from kmlp.config import check_search
     from kmlp.runs.folders import check_out_dir
 
-    check_search(args.max_trials, args.max_minutes, args.steps, args.seed, args.algorithm)
+    check_search(args.max_trials, args.max_minutes, args.steps, args.seed, args.algorithm, args.arch)
     check_out_dir(args.out, kind="tune")
     from kmlp.training.tune import tune
 
     result = tune(data_path=args.data, out_dir=args.out, max_trials=args.max_trials,
                   max_minutes=args.max_minutes, steps=args.steps, seed=args.seed,
-                  algorithm=args.algorithm)
+                  algorithm=args.algorithm, arch=args.arch)
     print(f"{len(result.rows)} trials; table in {result.out_dir / 'results.md'}")
     if result.best is None:
         print("no trial completed, so no best_config.json was written")
@@ -193,5 +193,8 @@ def add_tune_parser(sub) -> None:
     p.add_argument("--algorithm", choices=["hyperband", "random"], default="hyperband",
                    help="how trials are chosen: KerasTuner's Hyperband (many short trials, the best "
                         "ones trained longer) or random search (default hyperband)")
+    p.add_argument("--arch", choices=["mlp", "hierarchical"], default="mlp",
+                   help="the model family searched: mlp (context, layers, widths; the default) or "
+                        "hierarchical (positions fused per level, levels, widths)")
     p.set_defaults(func=cmd_tune)
 

@@ -1,4 +1,5 @@
-"""Models: the MLP of Bengio et al. (2003) as a Keras functional model.
+"""Models: the MLP of Bengio et al. (2003) and the lecture's hierarchical model, as Keras functional models.
 
-    mlp.py       CharMLP, build_model, compile_model, make_optimizer
+    mlp.py           CharMLP, build_model (either architecture), compile_model, make_optimizer
+    hierarchical.py  the levels that fuse consecutive positions (--arch hierarchical)
 """

@@ -7,15 +7,21 @@
       -> Dense(vocab_size)                      logits of the next character
 
 At the lecture's size (vocab 27, block_size 3, n_embd 10, n_hidden 200) this is 11,897 parameters.
+:func:`build_model` builds the lecture's hierarchical model too (``arch="hierarchical"``, see
+:mod:`kmlp.models.hierarchical`), with the same hidden layers and the same training step.
 """
 
 from __future__ import annotations
+
+import functools
 
 import keras
 import tensorflow as tf
 from keras import layers
 
 from kmlp.config import check_model_options, check_model_size, check_optimizer_options, check_positive_int
+from kmlp.models.hierarchical import fused_levels
+from kmlp.shapes import FUSE
 
 
 @keras.saving.register_keras_serializable(package="kmlp")
@@ -121,15 +127,22 @@ class TwoPasses(layers.Layer):
 def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_hidden: int = 200,
                 n_layers: int = 1, dropout: float = 0.0, norm: str = "none",
                 init: str = "glorot", seed: int | None = None, rdrop: float = 0.0,
-                precision: str = "float32", name: str = "kmlp") -> keras.Model:
-    """The MLP as a Keras functional model (uncompiled; see :func:`compile_model`).
+                precision: str = "float32", name: str = "kmlp", arch: str = "mlp", fuse: int = FUSE,
+                norm_momentum: float = 0.99, norm_epsilon: float = 1e-3) -> keras.Model:
+    """The model as a Keras functional model (uncompiled; see :func:`compile_model`).
 
-    ``n_layers`` hidden tanh layers of ``n_hidden`` units each; ``norm`` ("batch" or "layer"; "none"
-    for none) puts a
-    normalisation before each tanh (as the lecture's batchnorm part does) and ``dropout`` a dropout
-    after it. ``init`` is how the dense layers start: ``glorot`` (Keras's scaled uniform, zero biases)
-    or ``normal`` (every weight and bias drawn from N(0, 1) like the lecture's ``torch.randn``, which
-    saturates the tanh at first and ends worse). ``rdrop`` is the weight of R-Drop's consistency term
+    ``arch`` ``mlp`` is the flat MLP above; ``hierarchical`` fuses ``fuse`` consecutive positions at
+    each of ``n_layers`` levels (see :mod:`kmlp.models.hierarchical`; ``block_size`` must be
+    ``fuse ** n_layers``). ``n_layers`` hidden tanh layers of ``n_hidden`` units each; ``norm``
+    ("batch" or "layer"; "none" for none) puts a normalisation before each tanh (as the lecture's
+    batchnorm part does), with ``norm_epsilon`` added to the variance and batch norm's moving
+    statistics keeping ``norm_momentum`` of themselves at each step, and ``dropout`` a dropout after
+    it. ``init`` is how the dense layers start (the embedding is N(0, 1) in all): ``glorot`` (Keras's
+    scaled uniform, zero biases); ``normal`` (every weight and bias drawn from N(0, 1) like the
+    lecture's ``torch.randn``, which saturates the tanh at first and ends worse); ``kaiming`` (the
+    lecture's part 3: hidden weights N(0, 1) times the tanh's gain 5/3 over sqrt(fan_in), logits'
+    weights N(0, 1) times 0.01, zero biases); ``fan_in`` (part 5: N(0, 1) over sqrt(fan_in), the
+    logits' times 0.1, zero biases). ``rdrop`` is the weight of R-Drop's consistency term
     (see :class:`CharMLP`; it needs dropout, and adds a :class:`TwoPasses` before the first dropout).
     ``precision`` is the Keras dtype policy of every layer but the logits: ``float32``, or
     ``mixed_bfloat16`` (weights in float32, matrix products in bfloat16, which oneDNN runs faster on
@@ -142,45 +155,78 @@ def build_model(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_h
     """
     check_positive_int(vocab_size, "vocab_size")
     check_model_options(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers,
-                        dropout=dropout, rdrop=rdrop, norm=norm, init=init, precision=precision)
-    check_model_size(vocab_size, block_size, n_embd, n_hidden, n_layers, norm)  # before TensorFlow allocates
-
-    def weights(i):
-        s = None if seed is None else seed + i
-        if init == "normal":
-            return keras.initializers.RandomNormal(stddev=1.0, seed=s)
-        return keras.initializers.GlorotUniform(seed=s)
-
-    def biases(i):
-        if init == "normal":
-            return keras.initializers.RandomNormal(stddev=1.0, seed=None if seed is None else seed + 100 + i)
-        return "zeros"
-
+                        dropout=dropout, rdrop=rdrop, norm=norm, init=init, precision=precision, arch=arch,
+                        fuse=fuse, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon)
+    check_model_size(vocab_size, block_size, n_embd, n_hidden, n_layers, norm, arch=arch,
+                     fuse=fuse)  # before TensorFlow allocates
+    weights, logits_weights, biases = _initializers(init, seed)
     body = {"dtype": precision}  # every layer but the logits (each casts its input to its policy)
+    use_norm = norm in ("batch", "layer")
+    norm_layer = {"batch": functools.partial(layers.BatchNormalization, momentum=norm_momentum),
+                  "layer": layers.LayerNormalization}.get(norm)
+
+    def hidden(x, number):
+        suffix = "" if n_layers == 1 and arch == "mlp" else f"_{number}"
+        x = layers.Dense(n_hidden, use_bias=not use_norm, kernel_initializer=weights(number),
+                         bias_initializer=biases(number), activation=None if use_norm else "tanh",
+                         name=f"hidden{suffix}", **body)(x)
+        if use_norm:
+            x = norm_layer(epsilon=norm_epsilon, name=f"{norm}_norm{suffix}", **body)(x)
+            x = layers.Activation("tanh", name=f"tanh{suffix}", **body)(x)
+        if rdrop and number == 1:
+            x = TwoPasses(name="rdrop_fork", **body)(x)
+        if dropout:
+            # One seed per layer: layers seeded alike would drop the same units in every layer.
+            x = layers.Dropout(dropout, seed=None if seed is None else seed + 199 + number,
+                               name=f"dropout{suffix}", **body)(x)
+        return x
+
     context = keras.Input(shape=(block_size,), dtype="int32", name="context")
     x = layers.Embedding(vocab_size, n_embd, name="embedding",
                          embeddings_initializer=keras.initializers.RandomNormal(
                              stddev=1.0, seed=seed), **body)(context)
-    x = layers.Reshape((block_size * n_embd,), name="flatten", **body)(x)
-    for i in range(n_layers):
-        suffix = "" if n_layers == 1 else f"_{i + 1}"
-        use_norm = norm in ("batch", "layer")
-        x = layers.Dense(n_hidden, use_bias=not use_norm, kernel_initializer=weights(i + 1),
-                         bias_initializer=biases(i + 1), activation=None if use_norm else "tanh",
-                         name=f"hidden{suffix}", **body)(x)
-        if use_norm:
-            norm_layer = layers.BatchNormalization if norm == "batch" else layers.LayerNormalization
-            x = norm_layer(name=f"{norm}_norm{suffix}", **body)(x)
-            x = layers.Activation("tanh", name=f"tanh{suffix}", **body)(x)
-        if rdrop and i == 0:
-            x = TwoPasses(name="rdrop_fork", **body)(x)
-        if dropout:
-            # One seed per layer: layers seeded alike would drop the same units in every layer.
-            x = layers.Dropout(dropout, seed=None if seed is None else seed + 200 + i,
-                               name=f"dropout{suffix}", **body)(x)
-    logits = layers.Dense(vocab_size, kernel_initializer=weights(0), bias_initializer=biases(0),
+    if arch == "hierarchical":
+        x = fused_levels(x, block_size, n_embd, n_hidden, n_layers, fuse, hidden, body)
+    else:
+        x = layers.Reshape((block_size * n_embd,), name="flatten", **body)(x)
+        for number in range(1, n_layers + 1):
+            x = hidden(x, number)
+    logits = layers.Dense(vocab_size, kernel_initializer=logits_weights, bias_initializer=biases(0),
                           name="logits", dtype="float32")(x)
     return CharMLP(context, logits, name=name, rdrop=rdrop)
+
+
+TANH_GAIN = 5 / 3  # the gain PyTorch's Kaiming initialisation gives a tanh layer
+LOGITS_SCALE = {"kaiming": 0.01, "fan_in": 0.1}  # the lecture's parts 3 and 5 shrink the last layer
+
+
+def _initializers(init: str, seed: int | None):
+    """``(hidden weights of layer i, logits' weights, biases of layer i)`` for ``init`` (the logits
+    are layer 0): each layer draws from its own seed."""
+    def seeded(offset):
+        return None if seed is None else seed + offset
+
+    def fan_in_normal(scale, i):
+        return keras.initializers.VarianceScaling(scale=scale, mode="fan_in",
+                                                  distribution="untruncated_normal", seed=seeded(i))
+
+    def biases(i):
+        if init == "normal":
+            return keras.initializers.RandomNormal(stddev=1.0, seed=seeded(100 + i))
+        return "zeros"
+
+    if init in ("glorot", "normal"):
+        def weights(i):
+            if init == "normal":
+                return keras.initializers.RandomNormal(stddev=1.0, seed=seeded(i))
+            return keras.initializers.GlorotUniform(seed=seeded(i))
+        return weights, weights(0), biases
+    gain = TANH_GAIN if init == "kaiming" else 1.0
+    if init == "kaiming":  # (part 3's logits are N(0, 1) times the scale, not over sqrt(fan_in))
+        logits = keras.initializers.RandomNormal(stddev=LOGITS_SCALE[init], seed=seeded(0))
+    else:
+        logits = fan_in_normal(LOGITS_SCALE[init] ** 2, 0)
+    return (lambda i: fan_in_normal(gain ** 2, i)), logits, biases
 
 
 def make_optimizer(name: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,

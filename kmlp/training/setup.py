@@ -17,6 +17,7 @@ from kmlp.config import Config, check_devices
 from kmlp.data.pipeline import NamesData
 from kmlp.errors import ConfigError
 from kmlp.models.mlp import build_model, compile_model, make_optimizer
+from kmlp.shapes import hidden_layers
 from kmlp.training import distributed
 from kmlp.training.callbacks.schedules import CosineDecay, StepDecay
 
@@ -95,7 +96,8 @@ def build_compiled_model(config: Config, vocab_size: int) -> keras.Model:
     model = build_model(vocab_size=vocab_size, block_size=config.block_size, n_embd=config.n_embd,
                         n_hidden=config.n_hidden, n_layers=config.n_layers, dropout=config.dropout,
                         norm=config.norm, init=config.init, seed=config.seed, rdrop=config.rdrop,
-                        precision=config.precision)
+                        precision=config.precision, arch=config.arch, fuse=config.fuse,
+                        norm_momentum=config.norm_momentum, norm_epsilon=config.norm_epsilon)
     optimizer = make_optimizer(config.optimizer, config.lr, weight_decay=config.weight_decay)
     return compile_model(model, optimizer, jit_compile=config.jit_compile)
 
@@ -141,13 +143,15 @@ def set_op_threads(config: Config, vocab_size: int) -> None:
 def step_work(config: Config, vocab_size: int) -> int:
     """Weights times rows of one optimizer step: how large a step is (see :data:`PARALLEL_WORK`)."""
     rows = config.batch_size * (2 if config.rdrop else 1)  # R-Drop runs each minibatch twice
-    return count_weights(config, vocab_size) * rows
+    return count_weights(config, vocab_size, uses=True) * rows
 
 
-def count_weights(config: Config, vocab_size: int) -> int:
-    """Weights of the configured model's matrices (biases and normalisation left out)."""
-    width = config.block_size * config.n_embd
-    hidden = width * config.n_hidden + (config.n_layers - 1) * config.n_hidden ** 2
+def count_weights(config: Config, vocab_size: int, uses: bool = False) -> int:
+    """Weights of the configured model's matrices (biases and normalisation left out); with ``uses``,
+    each counted as often as one example uses it (a hierarchical level's, once per group it fuses)."""
+    layers = hidden_layers(config.block_size, config.n_embd, config.n_hidden, config.n_layers, config.arch,
+                           config.fuse)
+    hidden = sum(inputs * (positions if uses else 1) * config.n_hidden for inputs, positions in layers)
     return vocab_size * config.n_embd + hidden + config.n_hidden * vocab_size
 
 

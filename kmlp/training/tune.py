@@ -60,12 +60,19 @@ OUT_ENTRIES = frozenset({"results.csv", "results.md", BEST_CONFIG, "tuner", rund
 KIND = "tune"  # its output folder's kind (kmlp.runs.manifest.KINDS)
 
 
-def declare_space(hp: keras_tuner.HyperParameters) -> keras_tuner.HyperParameters:
-    """The knobs of the search: the MLP's shape, its regularisation and the optimiser."""
-    hp.Choice("block_size", [3, 5, 8, 12, 16], default=8)
+def declare_space(hp: keras_tuner.HyperParameters, arch: str = "mlp") -> keras_tuner.HyperParameters:
+    """The knobs of the search: the model's shape, its regularisation and the optimiser. For the
+    ``hierarchical`` model the context is ``fuse ** n_layers`` characters (4, 8, 9 or 27), not a knob."""
+    if arch == "hierarchical":
+        hp.Fixed("arch", "hierarchical")
+        hp.Choice("fuse", [2, 3], default=2)
+        hp.Int("n_layers", 2, 3, default=3)
+    else:
+        hp.Choice("block_size", [3, 5, 8, 12, 16], default=8)
     hp.Choice("n_embd", [10, 16, 24, 32, 48], default=24)
     hp.Choice("n_hidden", [128, 256, 512, 1024], default=512)
-    hp.Int("n_layers", 1, 3, default=1)
+    if arch != "hierarchical":
+        hp.Int("n_layers", 1, 3, default=1)
     hp.Choice("norm", ["none", "batch", "layer"], default="none")
     hp.Float("dropout", 0.0, 0.3, step=0.1, default=0.0)
     hp.Choice("batch_size", [64, 128, 256, 512], default=256)
@@ -79,6 +86,8 @@ def config_for(values: dict, steps: int, seed: int = 42) -> Config:
     """The training configuration of one point of the search space, trained for ``steps`` steps."""
     values = {name: value for name, value in values.items() if not name.startswith("tuner/")}
     values["dropout"] = round(values["dropout"], 3)  # 0.30000000000000004 -> 0.3
+    if values.get("arch") == "hierarchical":
+        values["block_size"] = values["fuse"] ** values["n_layers"]
     steps = int(steps)
     cuts = [round(steps * f) for f in DECAY_FRACTIONS] if values["schedule"] == "step" else []
     return Config(
@@ -202,18 +211,20 @@ class TuneResult:
 
 
 def tune(data_path=None, out_dir="tuning", max_trials: int = 20, max_minutes: float = 60.0,
-         steps: int = 4000, seed: int = 42, algorithm: str = "hyperband", log=print) -> TuneResult:
-    """Search the space of :func:`declare_space` for the lowest dev loss; see the module docstring.
+         steps: int = 4000, seed: int = 42, algorithm: str = "hyperband", log=print,
+         arch: str = "mlp") -> TuneResult:
+    """Search the space of :func:`declare_space` for ``arch`` (``mlp`` or ``hierarchical``) for the
+    lowest dev loss; see the module docstring.
 
     ``out_dir`` may be new, empty or an earlier search's folder; anything else is refused before any
     work, and one process at a time writes it. Bad values raise :class:`ConfigError` naming the flag.
     """
-    check_search(max_trials, max_minutes, steps, seed, algorithm)
+    check_search(max_trials, max_minutes, steps, seed, algorithm, arch)
     out_dir = folders.check_out_dir(out_dir, kind=KIND)
     with lock.RunLock(out_dir):
         _clear(out_dir)
         return _search(data_path, out_dir, max_trials, time.monotonic() + 60.0 * max_minutes, steps,
-                       seed, algorithm, log)
+                       seed, algorithm, log, arch)
 
 
 def _clear(out_dir: Path) -> None:
@@ -230,8 +241,8 @@ def _write_manifest(out_dir: Path) -> None:
 
 
 def _search(data_path, out_dir: Path, max_trials: int, deadline: float, steps: int, seed: int,
-            algorithm: str, log) -> TuneResult:
-    space = declare_space(keras_tuner.HyperParameters())
+            algorithm: str, log, arch: str) -> TuneResult:
+    space = declare_space(keras_tuner.HyperParameters(), arch)
     oracle_kwargs = dict(objective=keras_tuner.Objective(OBJECTIVE, "min"), hyperparameters=space,
                          seed=seed, max_consecutive_failed_trials=max_trials)
     if algorithm == "hyperband":

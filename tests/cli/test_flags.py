@@ -59,3 +59,36 @@ def test_the_split_stays_put_when_the_seed_changes():
     assert (train_config("--seed", "3").seed, train_config("--seed", "3").split_seed) == (3, 42)
     assert train_config("--split-seed", "5").split_seed == 5
 
+
+
+def test_the_lecture_series_presets_and_the_hierarchical_flags():
+    part5 = train_config("--preset", "part5")
+    assert (part5.arch, part5.fuse, part5.block_size, part5.n_layers, part5.init) == ("hierarchical", 2, 8, 3, "fan_in")
+    assert (part5.norm_momentum, part5.norm_epsilon, part5.decay_at, part5.steps) == (0.9, 1e-5, [150_000], 200_000)
+    part3 = train_config("--preset", "part3")
+    assert (part3.arch, part3.norm, part3.init, part3.norm_momentum) == ("mlp", "batch", "kaiming", 0.999)
+    wider = train_config("--preset", "part5", "--fuse", "4", "--block-size", "16", "--n-layers", "2",
+                         "--norm-momentum", "0.99", "--norm-epsilon", "0.001")
+    assert wider == part5.replace(fuse=4, block_size=16, n_layers=2, norm_momentum=0.99, norm_epsilon=1e-3)
+    # the default preset's context of 8 over 3 layers fuses two positions a level as it is
+    assert train_config("--arch", "hierarchical").replace(arch="mlp") == train_config()
+
+
+def test_hierarchical_refusals_are_one_line_before_tensorflow_loads(tiny_names_file, tmp_path):
+    from cli_helpers import assert_one_line_error, main_in_a_fresh_process
+
+    (tmp_path / "five.json").write_text('{"arch": "hierarchical", "block_size": 5}')
+    train = ["train", "--data", tiny_names_file, "--out", tmp_path / "run"]
+    cases = [
+        ([*train, "--arch", "hierarchical", "--block-size", "6"], "--arch hierarchical fuses --fuse 2 positions at "
+                                                                  "each of --n-layers 3 levels: --block-size must be 8, got 6"),
+        ([*train, "--preset", "part5", "--n-layers", "2"], "--block-size must be 4, got 8"),
+        ([*train, "--fuse", "3"], "--fuse applies to --arch hierarchical only, got --fuse 3 with --arch mlp"),
+        ([*train, "--config", tmp_path / "five.json"], "five.json: arch hierarchical fuses fuse 2 positions at "
+                                                       "each of n_layers 3 levels: block_size must be 8, got 5"),
+        (["tune", "--arch", "wavenet", "--out", tmp_path / "tuning"], "--arch"),
+    ]
+    results, tensorflow = main_in_a_fresh_process(*(argv for argv, _ in cases))
+    for (argv, needle), (code, err) in zip(cases, results):
+        assert_one_line_error(code, err, needle)
+    assert tensorflow is False and sorted(p.name for p in tmp_path.iterdir()) == ["five.json", "tiny.txt"]

@@ -237,14 +237,16 @@ def assert_same_weights(a, b):
     (dict(n_layers=2, norm="batch", dropout=0.1, rdrop=0.5, optimizer="adamw", weight_decay=0.1, lr=1e-2,
           schedule="cosine", decay_at=[]), budget.measure_cost),
     (dict(optimizer="sgd", lr=0.2, steps=4000, decay_at=[2000]), lambda *args, **kwargs: cost()),
-], ids=["adamw-batchnorm-rdrop-cosine-measured", "sgd-step-decay"])
+    (dict(arch="hierarchical", block_size=4, n_layers=2, norm="batch", init="fan_in", norm_momentum=0.9,
+          norm_epsilon=1e-5, optimizer="sgd", lr=0.2, steps=4000, decay_at=[2000]), budget.measure_cost),
+], ids=["adamw-batchnorm-rdrop-cosine-measured", "sgd-step-decay", "hierarchical-part5-recipe-measured"])
 def test_a_minutes_run_is_exactly_the_run_its_config_json_repeats(recipe, measure, tiny_names_file, tmp_path,
                                                                   monkeypatch):
     """The measuring trains the model, then puts everything back: the run is the one its steps give."""
     measured = []
     monkeypatch.setattr(budget, "measure_cost", lambda *a, **k: measured.append(measure(*a, **k)) or measured[-1])
     monkeypatch.setattr(budget, "plan_minutes", planned_for_1000_steps)
-    timed = train(Config(**TINY, minutes=5, **recipe), data_path=tiny_names_file, out_dir=tmp_path / "timed",
+    timed = train(Config(**{**TINY, "minutes": 5, **recipe}), data_path=tiny_names_file, out_dir=tmp_path / "timed",
                   **QUIET)
     assert len(measured) == 1 and measured[0].step > 0
     recorded = timed.metrics["budget"]

@@ -37,11 +37,11 @@ def test_plan_puts_total_and_milestones_on_call_boundaries(tiny_names_file):
     assert plan_training(Config(steps=64_000, decay_at=[]), data).epochs == 128  # 256 calls: at most 200
 
 
-@pytest.mark.parametrize("name", ["lecture", "fast", "default", "best"])
+@pytest.mark.parametrize("name", ["lecture", "fast", "default", "best", "part3", "part5"])
 def test_weight_count_behind_the_thread_choice_matches_the_model(name):
     config = preset(name)
     model = build_model(27, config.block_size, config.n_embd, config.n_hidden, config.n_layers,
-                        norm=config.norm)
+                        norm=config.norm, arch=config.arch, fuse=config.fuse)
     matrices = sum(int(np.prod(w.shape)) for w in model.weights if len(w.shape) == 2)
     assert count_weights(config, 27) == matrices
     # small models run each op on one thread; the large presets use every core

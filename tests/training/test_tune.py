@@ -51,6 +51,27 @@ def test_every_point_of_the_space_is_a_valid_configuration():
     assert (tuned.schedule, tuned.decay_at) == ("cosine", [])
 
 
+def test_the_hierarchical_space_searches_its_fusing_and_levels_and_every_point_is_valid():
+    hp = declare_space(keras_tuner.HyperParameters(), arch="hierarchical")
+    assert "block_size" not in hp.values and hp.values["arch"] == "hierarchical"
+    config = config_for(hp.values, steps=4000)
+    assert (config.arch, config.fuse, config.n_layers, config.block_size) == ("hierarchical", 2, 3, 8)
+    contexts = {config_for({**hp.values, "fuse": fuse, "n_layers": levels}, steps=10).block_size
+                for fuse in (2, 3) for levels in (2, 3)}
+    assert contexts == {4, 8, 9, 27}
+
+
+def test_a_tiny_hierarchical_search_gives_a_config_train_accepts(tiny_names_file, tmp_path):
+    result = tune(tiny_names_file, tmp_path / "tuning", max_trials=2, max_minutes=10, steps=6, seed=3,
+                  algorithm="random", log=lambda *_: None, arch="hierarchical")
+    assert len(result.rows) == 2 and all(row["status"] == "ok" for row in result.rows)
+    assert (tmp_path / "tuning" / "results.md").read_text().startswith("| arch | fuse | n_layers |")
+    config = config_from_args(build_parser().parse_args(["train", "--config", str(tmp_path / "tuning" /
+                                                                                  "best_config.json")]))
+    assert config == result.best_config and config.arch == "hierarchical"
+    assert config.block_size == config.fuse ** config.n_layers
+
+
 def test_deadline_stops_training_after_the_call_that_passes_it():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
