@@ -223,7 +223,7 @@ def _export(run: Run, version: int | None, export_root, format: str) -> Path:
         os.rename(staging, target)  # fails, rather than overwrites, if the version appeared meanwhile
     except tf.errors.OpError as e:  # TensorFlow's own writes (a full disk) fail with these, not OSError
         shutil.rmtree(staging, ignore_errors=True)
-        raise ExportError(f"{target}: cannot be written ({e.message})") from None
+        raise ExportError(f"{target}: not exported ({e.message})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

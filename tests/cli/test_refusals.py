@@ -150,5 +150,5 @@ def test_an_export_that_tensorflow_cannot_write_is_one_line_and_leaves_no_versio
     before = tree(out)
     monkeypatch.setattr(tf.saved_model, "save", full_disk)
     code, _, err = main(capsys, "export", out)
-    assert_one_line_error(code, err, f"{out / 'export' / '1'}: cannot be written (No space left on device)")
+    assert_one_line_error(code, err, f"{out / 'export' / '1'}: not exported (No space left on device)")
     assert tree(out) == before and not any((out / "export").iterdir())  # no version, no staging folder
