@@ -61,8 +61,11 @@ class Naming:
 FLAGS = Naming()
 
 
+_KEYS = {"--jit": "jit_compile", "--from": "start_from"}  # flags not spelled as their option
+
+
 def _key(flag: str) -> str:
-    return "jit_compile" if flag == "--jit" else flag.removeprefix("--").replace("-", "_")
+    return _KEYS.get(flag) or flag.removeprefix("--").replace("-", "_")
 
 
 _BRIEF = reprlib.Repr()  # a value in a message: a long string or a deep list is cut short
@@ -349,6 +352,9 @@ class Config:
                                  # runs with different seeds are scored on the same dev names
     steps_per_call: int = 0      # optimizer steps per compiled call; 0 picks one
     jit_compile: bool = True     # compile the training step with XLA
+    start_from: str | None = None  # a run folder whose model (architecture and weights) training starts from
+    early_stopping: int | None = None  # stop after this many steps without a better dev loss, keeping the
+                                       # best weights; 0: off; None: on for --from and small lists
 
     def __post_init__(self):
         self.validate()  # a Config is checked once, where it is made: everything downstream trusts it
@@ -406,6 +412,10 @@ def check_options(c, naming: Naming = FLAGS) -> None:
                            "--plateau-patience", "--decay-factor")
     if not isinstance(c.jit_compile, bool):
         raise naming.bad("--jit", "must be true or false", c.jit_compile)
+    if c.start_from is not None and not (isinstance(c.start_from, str) and c.start_from):
+        raise naming.bad("--from", "must be the folder of a run", c.start_from)
+    if c.early_stopping is not None:
+        check_integer(c.early_stopping, "--early-stopping", 0, naming)
 
 
 # Named starting points for `kmlp train --preset NAME`; flags given on the command line override them.

@@ -135,6 +135,14 @@ class Backup:
             return 0.0
         return float(rows[-1].split(",")[rows[0].split(",").index("seconds")])
 
+    def dev_losses(self) -> list[float]:
+        """The dev loss of each epoch the backup holds, in order."""
+        if not self.history.exists():
+            return []
+        rows = self.history.read_text(encoding="utf-8").splitlines()
+        column = rows[0].split(",").index("val_loss")
+        return [float(row.split(",")[column]) for row in rows[1:]]
+
     def callbacks(self, start_epoch: int) -> tuple[LossCurve, ElapsedTime, list]:
         """``(curve, clock, callbacks)`` for ``fit``: the curve and clock carry on from the backup.
 

@@ -17,6 +17,7 @@ from kmlp.config import Config
 from kmlp.data.pipeline import NamesData
 from kmlp.errors import ConfigError
 from kmlp.models.mlp import build_model, compile_model, make_optimizer
+from kmlp.runs import start
 from kmlp.training import distributed
 from kmlp.training.callbacks.schedules import CosineDecay, StepDecay
 
@@ -160,6 +161,7 @@ class Setup:
     model: keras.Model
     plan: Plan
     strategy: tf.distribute.Strategy
+    started_from: dict | None = None  # the run its weights came from (kmlp.runs.start.start_model)
 
     def train_dataset(self, start_step: int = 0, steps_per_call: int | None = None):
         """The shuffled train split, chunked as the plan says (``steps_per_call`` overrides it)."""
@@ -199,6 +201,8 @@ def prepare(config: Config, data: NamesData, strategy: tf.distribute.Strategy | 
     without XLA (the chunked step does not scale the loss per replica, and XLA cannot compile a step
     whose variables live on several devices); several workers run chunks without XLA.
     """
+    if config.start_from:  # the run's vocabulary, then the list's new characters
+        data = start.extend_data(data, start.check_architecture(config))
     if data.block_size != config.block_size or data.split_seed != config.split_seed:
         raise ConfigError(f"the data was built for --block-size {data.block_size} and --split-seed "
                           f"{data.split_seed}, the configuration has {config.block_size} and "
@@ -218,7 +222,9 @@ def prepare(config: Config, data: NamesData, strategy: tf.distribute.Strategy | 
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_compiled_model(config, len(data.vocab))
-    return Setup(config=config, data=data, model=model, plan=plan_training(config, data), strategy=strategy)
+        started_from = start.start_model(model, config, data) if config.start_from else None
+    return Setup(config=config, data=data, model=model, plan=plan_training(config, data), strategy=strategy,
+                 started_from=started_from)
 
 
 def evaluate_loss(model: keras.Model, dataset) -> float:

@@ -15,13 +15,15 @@ import tensorflow as tf
 
 from kmlp.config import Config
 from kmlp.data.pipeline import NamesData
-from kmlp.runs import folders, rundir
+from kmlp.runs import folders, rundir, start
 from kmlp.runs.lock import RunLock
 from kmlp.training import backup as backups, distributed, logs
 from kmlp.training.budget import fit_to_budget
+from kmlp.training.callbacks.early_stopping import EarlyStopping
 from kmlp.training.callbacks.progress import Progress
 from kmlp.training.results import TrainResult, check_diverged, data_location, fit_verdict, measure, save_run
 from kmlp.training.setup import EVAL_BATCH, evaluate_loss, prepare
+from kmlp.training.small_lists import dev_note, patience_steps
 
 
 def train(config: Config, data_path=None, out_dir=None, preset_name: str | None = None,
@@ -51,10 +53,19 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
     started = time.perf_counter() if started is None else started
     worker = distributed.worker_name(strategy)  # None: this process writes the run
     out_dir = folders.check_out_dir(out_dir or rundir.default_run_dir(preset_name or "custom"), worker=worker)
+    if config.start_from:
+        start.check_out_dir(out_dir, config.start_from)
     with RunLock(out_dir, worker):
         data = data or NamesData.for_config(data_path, config)
         log(f"data: {data.path}; {data.summary()}")
         setup = prepare(config, data, strategy, log=log)
+        data = setup.data  # (with --from: in the vocabulary of the run it starts from)
+        if setup.started_from:
+            new = setup.started_from["new_characters"]
+            log(f"starting from {setup.started_from['run']}: its weights, and its vocabulary with "
+                f"{len(new)} new character{'s' * (len(new) != 1)}" + (f" ({new})" if new else ""))
+        for note in filter(None, [dev_note(data.num_names("dev"))]):
+            log(note)
         start_loss = evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False).take(1))
         backup = backups.Backup(out_dir, worker)
         setup, budget = (setup, None) if config.minutes is None else \
@@ -64,6 +75,7 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         start_epoch = distributed.agree_on_start(setup.strategy, backup, backup.start(resume, expected, log),
                                                  expected, log)
         curve, clock, backup_callbacks = backup.callbacks(start_epoch)
+        stopper = early_stopping(setup, backup, start_epoch)
         # Before the backup's callbacks: an epoch's logs are on disk before the backup records the epoch.
         board = logs.tensorboard(backup.logs, data.vocab, setup.plan.epochs)
         if not start_epoch:
@@ -73,21 +85,25 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         progress = [Progress(setup.plan.steps, earlier=clock.earlier)] if verbose else []
         fit_started = time.perf_counter()
         try:
-            history = setup.fit([keras.callbacks.TerminateOnNaN(), board, *backup_callbacks, *progress, *callbacks],
+            history = setup.fit([keras.callbacks.TerminateOnNaN(), board, *backup_callbacks, *stopper, *progress,
+                                 *callbacks],
                                 start_epoch=start_epoch)
         except KeyboardInterrupt:
             log(f"interrupted; the same command with --resume continues from the last completed "
                 f"epoch (kept in {backup.path})")
             raise
         fit_seconds = time.perf_counter() - fit_started
-        check_diverged(setup, curve, start_loss, backup, out_dir)
+        check_diverged(setup, curve, start_loss, backup, out_dir, stopped_early=any(s.stopped for s in stopper))
         metrics = measure(setup, clock, start_epoch, fit_seconds, started)
+        for s in stopper:
+            metrics["early_stopping"] = s.record()
+            log(early_stopping_summary(metrics["early_stopping"]))
         if budget:
             metrics["budget"] = budget
         if worker is None:
             save_run(setup, out_dir, metrics, curve, backup, preset_name, log)
         backup.remove()
-    steps_run = setup.plan.steps - start_epoch * setup.plan.steps_per_epoch
+    steps_run = metrics["steps"] - start_epoch * setup.plan.steps_per_epoch
     sampled = "" if metrics["train_loss_examples"] == metrics["train_examples"] else \
         f" (on a fixed sample of {metrics['train_loss_examples']:,} of {metrics['train_examples']:,} examples)"
     log(f"train loss {metrics['train_loss']:.4f}{sampled}  dev loss {metrics['dev_loss']:.4f}  "
@@ -100,3 +116,19 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
                                      f"{config.minutes * 60:g} s)" if budget else ""))
     return TrainResult(model=setup.model, data=data, config=setup.config, metrics=metrics, out_dir=out_dir,
                        history=history.history)
+
+
+def early_stopping(setup, backup: backups.Backup, start_epoch: int) -> list[EarlyStopping]:
+    """The run's early stopping (see :func:`patience_steps`) as a list of one callback, or none."""
+    patience = patience_steps(setup.config.early_stopping, bool(setup.config.start_from),
+                              setup.data.num_names("train"), setup.plan.steps, setup.plan.steps_per_epoch)
+    if not patience:
+        return []
+    return [EarlyStopping(patience, setup.plan.steps_per_epoch, folder=backup.path,
+                          dev_losses=backup.dev_losses() if start_epoch else ())]
+
+
+def early_stopping_summary(record: dict) -> str:
+    stopped = f"stopped at step {record['stopped_at_step']:,}" if record["stopped_at_step"] else "ran to the end"
+    return (f"early stopping (patience {record['patience_steps']:,} steps): {stopped}; kept the weights "
+            f"of step {record['best_step']:,}, the best dev loss")

@@ -5,6 +5,7 @@
     tensorboard.py  TensorBoard: Keras's, in optimizer steps, with the embedding projector
     timing.py       ElapsedTime (across resumed parts), StepTimer (cost of a step and an epoch)
     progress.py     Progress: one line, steps done of the total, time left, loss
+    early_stopping.py  EarlyStopping: Keras's, patience in steps, best weights kept in the backup
     lr_finder.py    LRFinder: Leslie Smith's learning-rate range test
     state.py        the optimizer's rate and step; a copy of the training state, put back exactly
 """
