@@ -1,7 +1,7 @@
 """Small lists: training from scratch against fine-tuning the shipped names run, side by side.
 
     apt-get install witalian && pip install -e ".[bench]"      # the two sources (not in the repository)
-    python benchmarks/bench_small.py                             # 100, 300, 1,000 lines, 30 s each
+    python benchmarks/bench_small.py                             # 100, 300, 1,000 lines, a minute each
     python benchmarks/bench_small.py --sizes 300 --minutes 1 --sources turkish
 
 Two sources unlike names.txt: ``turkish``, the Turkish first names of Faker (PyPI, MIT licence:
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
                    help="where the lists come from (default: both)")
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 300, 1000],
                    help="list sizes, comma-separated (default 100,300,1000)")
-    p.add_argument("--minutes", type=float, default=0.5, help="time budget of every training (default 0.5)")
+    p.add_argument("--minutes", type=float, default=1.0, help="time budget of every training (default 1)")
     p.add_argument("--steps", type=int, help="a fixed number of steps instead of --minutes (a smoke test)")
     p.add_argument("--from", dest="start_run", type=Path, default=SHIPPED,
                    help="the run to fine-tune (default: saved_models/names-base)")
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     lists = {args.words.stem: args.words.read_text(encoding="utf-8").splitlines()} if args.words else \
         {name: SOURCES[name]() for name in args.sources}
-    length = {"steps": args.steps, "minutes": None} if args.steps else {"minutes": args.minutes, "steps": None}
+    length = {"steps": args.steps} if args.steps else {"minutes": args.minutes}
     print(f"from scratch against --from {args.start_run}, "
           + (f"{args.steps} steps each" if args.steps else f"{args.minutes:g} minutes each") + "\n" + HEADER)
     rows = compare(lists, args.sizes, args.start_run, args.seed, **length)

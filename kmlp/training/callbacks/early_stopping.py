@@ -40,6 +40,8 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        if self.monitor_op is None:
+            self._set_monitor_op()
         for epoch, loss in enumerate(self.dev_losses):  # as on_epoch_end decided, epoch by epoch
             self.wait += 1
             if self._is_improvement(loss, self.best):
