@@ -30,5 +30,5 @@ def dev_note(dev_names: int) -> str | None:
     """A one-line note when the dev split is too small to judge a model by, else None."""
     if dev_names >= MIN_DEV_NAMES:
         return None
-    return (f"note: the dev split has only {dev_names} names (under {MIN_DEV_NAMES}): its loss, and early "
-            f"stopping, which follows it, are a rough guide; a longer list judges better")
+    return (f"note: the dev split has only {dev_names} name{'s' * (dev_names != 1)} (under {MIN_DEV_NAMES}): "
+            f"its loss, and early stopping, which follows it, are a rough guide; a longer list judges better")
