@@ -2,9 +2,9 @@
 
 import csv
 
-import keras
 import numpy as np
 import pytest
+from test_train import InterruptAfter  # Ctrl-C once the backup has recorded an epoch
 
 from kmlp.config import Config
 from kmlp.runs.rundir import load_run
@@ -43,23 +43,11 @@ def test_it_stops_and_keeps_the_weights_of_the_best_dev_loss(tiny_names_file, tm
     assert any(line.startswith("early stopping (patience 25 steps): stopped at step") for line in said)
 
 
-class Interrupt(keras.callbacks.Callback):
-    """Ctrl-C at the end of an epoch, after the backup has recorded it."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("at_epoch", [0, 3])  # before the best epoch, and after it
 def test_a_resumed_training_ends_with_the_same_best_weights(tiny_names_file, tmp_path, at_epoch):
     whole = train(OVERFITS, data_path=tiny_names_file, out_dir=tmp_path / "whole", **QUIET)
     with pytest.raises(KeyboardInterrupt):
-        train(OVERFITS, data_path=tiny_names_file, out_dir=tmp_path / "cut", callbacks=[Interrupt(at_epoch)], **QUIET)
+        train(OVERFITS, data_path=tiny_names_file, out_dir=tmp_path / "cut", callbacks=[InterruptAfter(at_epoch)], **QUIET)
     resumed = train(OVERFITS, data_path=tiny_names_file, out_dir=tmp_path / "cut", resume=True, **QUIET)
     assert resumed.metrics["resumed_at_step"] == (at_epoch + 1) * 10
     assert resumed.metrics["early_stopping"] == whole.metrics["early_stopping"]
