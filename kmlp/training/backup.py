@@ -45,13 +45,15 @@ def backup_dir(out_dir, worker: str | None = None) -> Path:
     return folders.beside(out_dir, "backup", worker)
 
 
-def identity(config, data: NamesData, plan) -> dict:
-    """What a backup must match to be resumed: the configuration, the plan and the data."""
+def identity(config, data: NamesData, plan, started_from: dict | None = None) -> dict:
+    """What a backup must match to be resumed: the configuration, the plan, the data and, with
+    --from, the weights it started from (a run that changed since is another start)."""
     if data.path is not None:
         data_id = {"data": str(Path(data.path).absolute()), "data_sha256": file_sha256(data.path)}
     else:
         data_id = {"data": None, "train_sha256": data.digest("train")}
-    return {"config": config.to_dict(), "plan": asdict(plan), **data_id}
+    start = {"started_from": started_from} if started_from else {}
+    return {"config": config.to_dict(), "plan": asdict(plan), **data_id, **start}
 
 
 class Backup:
@@ -171,6 +173,8 @@ def _difference(saved: dict, expected: dict) -> str:
         return f"options {', '.join(differ)} differ"
     if saved.get("plan") != expected["plan"]:
         return "the plan differs"
+    if saved.get("started_from") != expected.get("started_from"):
+        return "the weights of the run --from starts from differ"
     return "the names file differs"
 
 

@@ -71,7 +71,7 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         setup, budget = (setup, None) if config.minutes is None else \
             fit_to_budget(setup, backup, resume, started, preset_name, log)
         log(setup.describe())
-        expected = backups.identity(setup.config, data, setup.plan)
+        expected = backups.identity(setup.config, data, setup.plan, setup.started_from)
         start_epoch = distributed.agree_on_start(setup.strategy, backup, backup.start(resume, expected, log),
                                                  expected, log)
         curve, clock, backup_callbacks = backup.callbacks(start_epoch)

@@ -2,11 +2,16 @@
 
 import json
 
+import keras
 import pytest
+from conftest import copy_run
+from test_train import InterruptAfter  # Ctrl-C once the backup has recorded an epoch
 
 from kmlp.config import Config
 from kmlp.errors import RunError
+from kmlp.runs.start import start_from
 from kmlp.training import backup as backups
+from kmlp.training.train import train
 
 PLAN = {"steps": 40, "steps_per_call": 5, "calls_per_epoch": 2, "epochs": 4}
 
@@ -76,3 +81,19 @@ def test_nothing_to_resume_starts_afresh(tmp_path):
     assert backups.Backup(tmp_path / "run").start(True, identity(), log=said.append) == 0
     assert "nothing to resume" in said[0]
     assert json.loads((backups.backup_dir(tmp_path / "run") / "run.json").read_text()) == identity()
+
+
+def test_a_fine_tuning_resumes_only_from_the_same_weights_of_its_start_run(tiny_run_dir, tiny_names_file, tmp_path):
+    start = copy_run(tiny_run_dir, tmp_path / "start")
+    config = start_from(start, steps=40, steps_per_call=10, early_stopping=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data_path=tiny_names_file, out_dir=tmp_path / "out", verbose=0, log=lambda *_: None,
+              callbacks=[InterruptAfter(0)])
+    kept = json.loads((backups.backup_dir(tmp_path / "out") / backups.IDENTITY_FILE).read_text())
+    assert kept["started_from"]["run"] == str(start.resolve()) and len(kept["started_from"]["weights_sha256"]) == 64
+    model = keras.saving.load_model(start / "model.keras")
+    model.get_layer("logits").bias.assign(model.get_layer("logits").bias + 0.5)
+    model.save(start / "model.keras")  # the start run's weights changed since the interruption
+    with pytest.raises(RunError, match="another run .the weights of the run --from starts from differ"):
+        train(config, data_path=tiny_names_file, out_dir=tmp_path / "out", resume=True, verbose=0, log=lambda *_: None)
+    assert backups.backup_dir(tmp_path / "out").is_dir()  # kept for a resume from the right weights
