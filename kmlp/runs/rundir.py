@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmlp.config import Config
+from kmlp.data.files import NAMES_SHA256, resolve_data_path
 from kmlp.data.vocab import Vocabulary
 from kmlp.errors import DataError, RunError
 from kmlp.runs import manifest
@@ -82,9 +83,15 @@ class Run:
 
     @property
     def data_path(self) -> Path | None:
-        """The names file the model was trained on, as recorded (absolute for runs written now)."""
+        """The names file the model was trained on, as recorded (absolute for runs written now); if
+        that file is missing here but its recorded SHA-256 is names.txt's, the verified names.txt of
+        this machine (a run trained elsewhere, such as the shipped ``saved_models/names-base``)."""
         data = self.info.get("data")
-        return Path(data) if data else None
+        if not data:
+            return None
+        if not Path(data).exists() and self.info.get("data_sha256") == NAMES_SHA256:
+            return resolve_data_path()
+        return Path(data)
 
     def splits(self, data_path=None) -> tuple[dict | None, str | None]:
         """``(words, None)``: the train/dev/test names of ``data_path`` (default: the file the model
@@ -92,15 +99,15 @@ class Run:
         be read. A ``data_path`` asked for explicitly that cannot be read raises its DataError."""
         from kmlp.data.pipeline import NamesData
 
-        path = data_path or self.data_path
-        if not path:
+        if not (data_path or self.info.get("data")):
             return None, f"{self.path / CONFIG_FILE} names no data file; pass --data PATH"
         try:
-            return NamesData.for_config(path, self.config, vocab=self.vocab).words, None
+            return NamesData.for_config(data_path or self.data_path, self.config, vocab=self.vocab).words, None
         except DataError as e:
             if data_path:
                 raise
-            return None, f"the run was trained on {path}, which cannot be read now ({e}); pass --data PATH"
+            return None, (f"the run was trained on {self.info['data']}, which cannot be read now ({e}); "
+                          f"pass --data PATH")
 
 
 def default_run_dir(preset_name: str) -> Path:

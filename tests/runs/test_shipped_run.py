@@ -1,9 +1,13 @@
 """saved_models/names-base: the names run the repository ships, loaded as it is (never trained here)."""
 
-import pytest
-from conftest import ROOT, run_cli
+import json
 
+import pytest
+from conftest import ROOT, copy_run, run_cli
+
+from kmlp.cli import main as cli
 from kmlp.config import PRESETS
+from kmlp.data.files import NAMES_SHA256, file_sha256
 from kmlp.data.pipeline import NamesData
 from kmlp.runs.rundir import default_run_dir, load_run
 
@@ -30,3 +34,20 @@ def test_it_samples_names_at_once_as_a_command(tmp_path):
     assert done.returncode == 0, done.stderr
     names = done.stdout.splitlines()[:5]
     assert len(names) == 5 and all(name.split()[0].isalpha() for name in names)
+
+
+def test_a_copy_trained_on_another_machine_marks_names_against_the_verified_names_txt(names_path, tmp_path, capsys):
+    copy = copy_run(SHIPPED, tmp_path / "names-base")
+    info = json.loads((copy / "config.json").read_text(encoding="utf-8"))
+    assert info["data_sha256"] == NAMES_SHA256
+    info["data"] = str(tmp_path / "another-machine" / "names.txt")  # as on a fresh clone elsewhere
+    (copy / "config.json").write_text(json.dumps(info), encoding="utf-8")
+    run = load_run(copy)
+    assert file_sha256(run.data_path) == NAMES_SHA256
+    splits, unavailable = run.splits()
+    assert unavailable is None
+    assert splits["dev"] == NamesData.for_config(names_path, run.config, vocab=run.vocab).words["dev"]
+    capsys.readouterr()
+    assert cli.main(["sample", str(copy), "-n", "5", "--new", "--seed", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "unavailable" not in err and "new: 5 of 5 (100%); copies of the run's list: 0" in out, out + err
