@@ -90,9 +90,13 @@ def add_train_parser(sub) -> None:
                         f"{DEFAULT_MINUTES:g} when no --preset, --config, --steps or --epochs is given)")
     p.add_argument("--from", dest="start_from", metavar="RUN",
                    help="start from the model of a trained run (its architecture and weights; new "
-                        "characters of --data are added) and fine-tune it: unless given, --lr "
-                        f"{FINE_TUNING['lr']:g} and --steps {FINE_TUNING['steps']:,}, with early stopping; "
-                        "RUN is only read")
+                        "characters of --data are added) and fine-tune it: unless given, --epochs "
+                        f"{FINE_TUNING['epochs']} (passes over the train split, each evaluated on dev) and "
+                        f"--lr-passes {FINE_TUNING['lr_passes']:g}, with early stopping; RUN is only read")
+    p.add_argument("--lr-passes", type=float, metavar="RATE",
+                   help="set the learning rate from the run's length, in place of --lr: RATE over the "
+                        "passes over the train split the run makes (a --minutes run's as planned); the "
+                        "default with --from unless --lr is given")
     p.add_argument("--early-stopping", type=int, metavar="STEPS",
                    help="stop when dev loss has not improved for STEPS optimizer steps and keep the best "
                         "weights; 0: off (default: on, for a fifth of the run, with --from and for lists of "

@@ -4,7 +4,8 @@
 - The configuration (before TensorFlow loads, :func:`start_values`): the run's architecture
   (:data:`ARCHITECTURE`), which an option given explicitly may not contradict; the run's initial
   weights' kind, dropout, R-Drop and precision unless given; and, unless given, fine-tuning's
-  rate and length (:data:`FINE_TUNING`). A preset's values never count as given.
+  rate and length (:data:`FINE_TUNING`), evaluated once a pass (:func:`pass_calls`). A preset's
+  values never count as given.
 - The data (:func:`extend_data`): the run's vocabulary, followed by the new list's own new characters.
 - The model (:func:`start_model`): the run's weights, with the vocabulary grown as
   :mod:`kmlp.models.extend` says; the run is recorded by its path and the hash of its weights.
@@ -28,11 +29,12 @@ from kmlp.runs.rundir import load_run, read_run_config
 
 ARCHITECTURE = ("block_size", "n_embd", "n_hidden", "n_layers", "norm")  # the weights' shapes
 CARRIED = ("init", "dropout", "rdrop", "precision")  # the run's, unless given
-# Fine-tuning's rate and length, where the user names none: a tenth of the presets' rate (the
-# weights are already good; a large rate would wash them out), and steps enough for early stopping
-# to find the best point on a small list (see docs/fine-tuning.md).
-FINE_TUNING = {"lr": 1e-3, "steps": 2_000}
-FINE_TUNING_CALL = 50  # steps per call unless given: 40 evaluations on dev for early stopping to choose from
+# Fine-tuning's rate and length, where the user names none (measured in docs/fine-tuning.md). The
+# length is in passes over the list's train split, so it grows with the list, and every pass is
+# evaluated on dev for early stopping to choose from. The rate is lr_passes over the passes the run
+# makes: a run of fewer passes, such as a time budget gives a long list, takes larger steps to go
+# as far, while a higher rate for the same passes ends no better.
+FINE_TUNING = {"lr_passes": 0.03, "epochs": 200}
 LENGTH_OPTIONS = {"steps", "epochs", "minutes"}
 
 
@@ -48,13 +50,27 @@ def start_values(values: dict, explicit=frozenset(), naming: Naming = FLAGS) -> 
     changes = {key: getattr(run_config, key) for key in (*ARCHITECTURE, *CARRIED) if key not in explicit}
     if "dropout" in explicit and not values["dropout"] and "rdrop" not in explicit:
         changes["rdrop"] = 0.0  # (R-Drop needs dropout: no dropout, no R-Drop)
-    if "lr" not in explicit:
-        changes["lr"] = FINE_TUNING["lr"]
+    if not {"lr", "lr_passes"} & set(explicit):  # (lr: its value for the default length, until planned)
+        changes.update(lr_passes=FINE_TUNING["lr_passes"], lr=FINE_TUNING["lr_passes"] / FINE_TUNING["epochs"])
     if not LENGTH_OPTIONS & set(explicit):
-        changes.update(steps=FINE_TUNING["steps"], epochs=None, minutes=None)
-    if "steps_per_call" not in explicit:
-        changes["steps_per_call"] = FINE_TUNING_CALL
+        changes.update(epochs=FINE_TUNING["epochs"], steps=None, minutes=None)
     return {**values, **changes}
+
+
+MIN_PASS_CALL = 10  # steps in a call at least: a call, an evaluation and a backup for every step or two
+                    # would outweigh the training
+
+
+def pass_calls(config: Config, steps_per_pass: int, max_call: int) -> Config:
+    """A fine-tuning whose length is in passes or minutes, its steps per call not given: calls of a
+    pass over the train split, or of the largest divisor of one from :data:`MIN_PASS_CALL` to
+    ``max_call`` steps, so that dev is evaluated once a pass; without such a divisor, calls of
+    :data:`MIN_PASS_CALL` (a short pass) or ``max_call`` steps (a long one)."""
+    if not config.start_from or config.steps_per_call or not (config.epochs or config.minutes):
+        return config
+    divisors = [d for d in range(MIN_PASS_CALL, max_call + 1) if steps_per_pass % d == 0]
+    return config.replace(steps_per_call=max(divisors) if divisors else
+                          min(max(steps_per_pass, MIN_PASS_CALL), max_call))
 
 
 def _check_contradictions(values: dict, run_config: Config, explicit, naming: Naming = FLAGS) -> None:

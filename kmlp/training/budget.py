@@ -182,8 +182,9 @@ def _kept_plan(backup: backups.Backup, request: Config) -> Config | None:
     kept = backup.kept_identity()
     kept = Config.from_dict(kept["config"], source=str(backup.path)) if kept else None
     planned_alike = kept and kept.replace(steps=request.steps, decay_at=request.decay_at,
-                                          steps_per_call=request.steps_per_call) == request
-    return kept if planned_alike else None
+                                          steps_per_call=request.steps_per_call,
+                                          lr=request.lr if request.lr_passes else kept.lr) == request
+    return kept if planned_alike else None  # (with lr_passes, the rate too was planned)
 
 
 def fit_to_budget(setup: Setup, backup: backups.Backup, resume: bool, started: float,

@@ -8,6 +8,7 @@ directory (see :mod:`kmlp.runs.run`) only once everything has succeeded.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import keras
@@ -22,7 +23,7 @@ from kmlp.training.budget import fit_to_budget
 from kmlp.training.callbacks.early_stopping import EarlyStopping
 from kmlp.training.callbacks.progress import Progress
 from kmlp.training.results import TrainResult, check_diverged, data_location, fit_verdict, measure, save_run
-from kmlp.training.setup import EVAL_BATCH, evaluate_loss, prepare
+from kmlp.training.setup import EVAL_BATCH, evaluate_loss, prepare, rate_for_plan
 from kmlp.training.small_lists import dev_note, patience_steps
 
 
@@ -68,9 +69,15 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
             log(note)
         start_loss = evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False).take(1))
         backup = backups.Backup(out_dir, worker)
-        setup, budget = (setup, None) if config.minutes is None else \
-            fit_to_budget(setup, backup, resume, started, preset_name, log)
+        if config.minutes is not None:
+            setup, budget = fit_to_budget(setup, backup, resume, started, preset_name, log)
+            setup = dataclasses.replace(setup, config=rate_for_plan(setup.config, setup.plan, data))
+        else:
+            budget = None
         log(setup.describe())
+        if setup.config.lr_passes:
+            log(f"rate: --lr {setup.config.lr:.3g}, that is --lr-passes {setup.config.lr_passes:g} over "
+                f"{setup.plan.steps / data.steps_per_epoch(setup.config.batch_size):g} passes over the train split")
         expected = backups.identity(setup.config, data, setup.plan, setup.started_from)
         start_epoch = distributed.agree_on_start(setup.strategy, backup, backup.start(resume, expected, log),
                                                  expected, log)

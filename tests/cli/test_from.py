@@ -51,9 +51,10 @@ def test_fine_tuning_on_the_command_line_prints_what_it_started_from(tmp_path_fa
     data.write_text("\n".join(["anna", "bob", "carl", "dora", "emil", "fred", "greta", "hugo", "ines", "zoë"]),
                     encoding="utf-8")
     code, out, err = main(capsys, "train", "--data", data, "--from", run, "--out", tmp_path / "out",
-                          "--n-hidden", "16", *FINE)  # an explicit flag that agrees is no contradiction
-    assert code == 0, err
+                          "--n-hidden", "16", "--lr-passes", "0.06", *FINE)  # an explicit flag that agrees
+    assert code == 0, err                                                        # is no contradiction
     assert f"starting from {run.resolve()}: its weights, and its vocabulary with" in out
+    assert "rate: --lr 0.003, that is --lr-passes 0.06 over 20 passes over the train split" in out  # a step a pass
     assert "note: the dev split has only 1 name (under 50)" in out and "early stopping (patience" in out
     code, out, err = main(capsys, "train", "--data", data, "--out", tmp_path / "plain", *TINY_MODEL,
                           "--early-stopping", "0", "--quiet", "--samples", "0")

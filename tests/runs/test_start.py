@@ -27,12 +27,14 @@ def test_the_architecture_comes_from_the_run_and_an_explicit_contradiction_is_re
     preset_values = {**Config(n_hidden=512, n_layers=3, norm="batch", lr=6e-3).to_dict(), "start_from": run}
     values = start.start_values(preset_values, explicit={"start_from"})  # a preset's values never count
     assert (values["n_hidden"], values["n_layers"], values["norm"]) == (16, 1, "none")
-    assert (values["lr"], values["steps"], values["minutes"]) == (start.FINE_TUNING["lr"], start.FINE_TUNING["steps"], None)
+    assert (values["lr_passes"], values["epochs"], values["steps"], values["minutes"]) == \
+        (start.FINE_TUNING["lr_passes"], start.FINE_TUNING["epochs"], None, None)
+    assert values["lr"] == start.FINE_TUNING["lr_passes"] / start.FINE_TUNING["epochs"]  # until planned
     with pytest.raises(ConfigError, match=f"^--n-hidden 300 contradicts --from {run}'s n_hidden 16$"):
         start.start_values({**preset_values, "n_hidden": 300}, explicit={"n_hidden"})
     given = start.start_values({**preset_values, "n_hidden": 16, "lr": 0.5, "minutes": 2.0, "steps": None},
                                explicit={"n_hidden", "lr", "minutes"})
-    assert (given["lr"], given["minutes"], given["steps"]) == (0.5, 2.0, None)  # a budget still applies
+    assert (given["lr"], given["lr_passes"], given["minutes"], given["steps"]) == (0.5, None, 2.0, None)  # a budget still applies
     in_a_file = Naming(file="fine.json", keys={"block_size", "start_from"})
     with pytest.raises(ConfigError, match=f"^fine.json: block_size 5 contradicts start_from {run}'s block_size 3$"):
         start.start_values({**preset_values, "block_size": 5}, explicit={"block_size"}, naming=in_a_file)
@@ -85,3 +87,31 @@ def test_fine_tuning_leaves_the_run_as_it_was_records_it_and_is_a_start_itself(t
                   out_dir=tmp_path / "second", **QUIET)
     assert again.data.vocab == first.data.vocab
     assert json.loads((tmp_path / "second" / "config.json").read_text())["started_from"]["new_characters"] == ""
+
+
+def test_fine_tuning_evaluates_once_a_pass_at_the_rate_for_its_length(tiny_run_dir, tmp_path):
+    from kmlp.training.setup import RATE_MIN_PASSES
+    from kmlp.training.train import train
+
+    words = tmp_path / "new.txt"
+    words.write_text("\n".join(NEW_WORDS) + "\n", encoding="utf-8")
+    for passes in (RATE_MIN_PASSES + 1, RATE_MIN_PASSES - 2):
+        config = start.start_from(tiny_run_dir, epochs=passes, batch_size=8, early_stopping=0)
+        result = train(config, data_path=words, out_dir=tmp_path / f"{passes}", **QUIET)
+        per_pass = result.data.steps_per_epoch(8)
+        assert per_pass >= start.MIN_PASS_CALL and result.config.steps_per_call == per_pass  # a call, a pass
+        assert len(result.history["val_loss"]) == passes and result.metrics["steps"] == passes * per_pass
+        rate = start.FINE_TUNING["lr_passes"] / max(passes, RATE_MIN_PASSES)
+        assert result.config.lr == pytest.approx(rate) and result.history["lr"][0] == pytest.approx(rate, rel=1e-3)
+    given = start.start_from(tiny_run_dir, epochs=2, lr=0.02, batch_size=8)
+    assert given.lr_passes is None and train(given, data_path=words, out_dir=tmp_path / "given", **QUIET).config.lr == 0.02
+
+
+def test_a_call_is_a_pass_unless_a_pass_is_short_or_the_steps_are_given(tiny_run_dir):
+    by_passes = start.start_from(tiny_run_dir)
+    assert [start.pass_calls(by_passes, steps, 250).steps_per_call for steps in (3, 12, 178, 500, 503)] == \
+        [start.MIN_PASS_CALL, 12, 178, 250, 250]  # (503 is prime: no divisor)
+    assert start.pass_calls(start.start_from(tiny_run_dir, minutes=2), 12, 250).steps_per_call == 12
+    for config in (start.start_from(tiny_run_dir, steps=100), start.start_from(tiny_run_dir, steps_per_call=7),
+                   Config(epochs=3)):
+        assert start.pass_calls(config, 12, 250) == config
