@@ -50,6 +50,7 @@ _EXPORTS = {
     "training.train": ["train"],
     "training.tune": ["tune"],
     "runs.rundir": ["Run", "load_run"],
+    "runs.start": ["start_from"],
     "generation.sample": ["NameModel", "sample_names", "score_names"],
     "export.savedmodel": ["export_run"],
 }

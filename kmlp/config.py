@@ -349,6 +349,11 @@ class Config:
                                  # runs with different seeds are scored on the same dev names
     steps_per_call: int = 0      # optimizer steps per compiled call; 0 picks one
     jit_compile: bool = True     # compile the training step with XLA
+    start_from: str | None = None  # a run folder whose model (architecture and weights) training starts from
+    early_stopping: int | None = None  # stop after this many steps without a better dev loss, keeping the
+                                       # best weights; 0: off; None: on for --from and small lists
+    lr_passes: float | None = None  # set: lr is this over the passes over the train split the run makes
+                                    # (fine-tuning's rate: the shorter the run, the higher the rate)
 
     def __post_init__(self):
         self.validate()  # a Config is checked once, where it is made: everything downstream trusts it
@@ -407,6 +412,12 @@ def check_options(c, naming: Naming = FLAGS) -> None:
                            "--plateau-patience", "--decay-factor")
     if not isinstance(c.jit_compile, bool):
         raise naming.bad("--jit", "must be true or false", c.jit_compile)
+    if c.start_from is not None and not (isinstance(c.start_from, str) and c.start_from):
+        raise naming.bad("--from", "must be the folder of a run", c.start_from)
+    if c.early_stopping is not None:
+        check_integer(c.early_stopping, "--early-stopping", 0, naming)
+    if c.lr_passes is not None:
+        check_positive_number(c.lr_passes, "--lr-passes", naming)
 
 
 # Named starting points for `kmlp train --preset NAME`; flags given on the command line override them.

@@ -49,9 +49,12 @@ class Naming:
 FLAGS = Naming()
 
 
+_KEYS = {"--jit": "jit_compile", "--from": "start_from"}  # the flags not spelled as their key
+
+
 def option_key(flag: str) -> str:
     """The configuration key a flag sets: ``--n-hidden`` sets ``n_hidden``."""
-    return "jit_compile" if flag == "--jit" else flag.removeprefix("--").replace("-", "_")
+    return _KEYS.get(flag) or flag.removeprefix("--").replace("-", "_")
 
 
 BRIEF = reprlib.Repr()  # a value in a message: a long string or a deep list is cut short

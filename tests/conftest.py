@@ -52,7 +52,7 @@ def train_tiny_run(root: Path, steps_per_call: int = 0, **changes):
     words = root / "tiny.txt"
     words.write_text("\n".join(TINY_WORDS) + "\n", encoding="utf-8")
     config = Config(**{**dict(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3,
-                              steps_per_call=steps_per_call), **changes})
+                              steps_per_call=steps_per_call, early_stopping=0), **changes})
     train(config, data_path=words, out_dir=root / "run", verbose=0, log=lambda *_: None)
     return load_run(root / "run")
 

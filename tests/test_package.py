@@ -30,8 +30,8 @@ MODEL_FLAGS = [
     "--plateau-patience", "--precision", "--preset", "--rdrop", "--schedule", "--seed", "--split-seed", "--steps",
     "--steps-per-call", "--weight-decay"]
 COMMANDS = {
-    "train": MODEL_FLAGS + ["--devices", "--minutes", "--out", "--quiet", "--resume", "--samples", "--stop-at",
-              "--strategy"],
+    "train": MODEL_FLAGS + ["--devices", "--early-stopping", "--from", "--lr-passes", "--minutes", "--out", "--quiet",
+              "--resume", "--samples", "--stop-at", "--strategy"],
     "evaluate": ["--data", "--split", "run_dir"],
     "sample": ["--data", "--json", "--max-len", "--min-len", "--new", "--num", "--prefix", "--seed",
                "--temperature", "--top-k", "--top-p", "--unique", "-n", "run_dir"],

@@ -76,7 +76,10 @@ def output_of(process: subprocess.Popen) -> str:
 def test_every_python_example_runs_as_written_in_a_fresh_process(names_path, tmp_path):
     """Each block in its own process, in one folder, in order: names.txt is found as the README says
     (here, the verified copy beside the project), and the LiteRT example reads the run the second
-    example trains. The first example needs nothing of the others, so it runs beside them."""
+    example trains. The first example needs nothing of the others, so it runs beside them. The
+    folder has the shipped run, as the repository's has."""
+    (tmp_path / "saved_models").mkdir()
+    (tmp_path / "saved_models" / "names-base").symlink_to(ROOT / "saved_models" / "names-base")
     own_fit, *others = code_blocks(README.read_text(encoding="utf-8"), "python")
     assert others, "the README shows fewer Python examples than it describes"
     first = run_block(own_fit, tmp_path)
@@ -93,6 +96,7 @@ def test_every_python_example_runs_as_written_in_a_fresh_process(names_path, tmp
     assert len(eval(re.search(r"sampled: (\[.*\])", outputs[0]).group(1))) == 5
     assert len(eval(re.search(r"LiteRT: (\[.*\])", outputs[-1]).group(1))) == 5
     assert (tmp_path / "mlp.keras").is_file() and (tmp_path / "runs" / "fast" / "model.keras").is_file()
+    assert "started_from" in (tmp_path / "runs" / "tuned" / "config.json").read_text(encoding="utf-8")
     assert (tmp_path / "logs" / "train" / "embedding.tsv").is_file()  # kmlp.TensorBoard in your own fit
 
 

@@ -124,11 +124,16 @@ def configure(args, train: bool = False):
         given = {"minutes": None, "stop_at": None, **given}
     if args.epochs is not None:
         given["steps"] = None
-    if train and not lengths and args.preset is None and args.config is None:
+    if train and not lengths and args.preset is None and args.config is None and args.start_from is None:
         given["minutes"] = DEFAULT_MINUTES
     from_file = {f for f in Config.__dataclass_fields__ if getattr(config, f) != getattr(base, f)} - set(given)
     naming = Naming(file=args.config, keys=from_file) if args.config else Naming()
-    config = Config.from_dict({**config.to_dict(), **given}, naming=naming)
+    values = {**config.to_dict(), **given}
+    if train:  # --from RUN: the run's architecture; fine-tuning's rate and length unless given
+        from kmlp.runs.start import start_values
+
+        values = start_values(values, explicit=set(given) | from_file, naming=naming)
+    config = Config.from_dict(values, naming=naming)
     check_fits_in_memory(config, naming=naming)
     return config, naming
 

@@ -73,8 +73,8 @@ def print_sample(sample) -> None:
         print(f"kmlp: train/dev/test marks unavailable: {sample.unavailable}", file=sys.stderr)
         return
     found = sample.found
-    print(f"new: {found['new']} of {sample.total} ({sample.new_share:.0%}); in train {found['train']}, "
-          f"in dev/test {found['dev'] + found['test']}")
+    print(f"new: {found['new']} of {sample.total} ({sample.new_share:.0%}); copies of the run's list: "
+          f"{sample.copies} (in train {found['train']}, in dev/test {found['dev'] + found['test']})")
 
 
 def print_sample_json(sample, head: dict) -> None:
@@ -85,7 +85,7 @@ def print_sample_json(sample, head: dict) -> None:
             entry = json.dumps({"name": name, "found_in": mark}, ensure_ascii=False)
             sys.stdout.write(("," if i else "") + "\n  " + entry)
     finally:  # also when --unique/--new fall short: the names found so far stay readable
-        sys.stdout.write(f'\n], "new_share": {json.dumps(sample.new_share)}, '
+        sys.stdout.write(f'\n], "new_share": {json.dumps(sample.new_share)}, "copies": {json.dumps(sample.copies)}, '
                          f'"marks_unavailable": {json.dumps(sample.unavailable, ensure_ascii=False)}}}\n')
 
 

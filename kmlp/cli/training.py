@@ -8,16 +8,15 @@ import time
 
 from kmlp.cli.flags import DEFAULT_MINUTES, add_model_flags, check_data_flag, configure
 from kmlp.errors import UsageError
+from kmlp.runs.start import FINE_TUNING
+from kmlp.training.small_lists import SMALL_LIST_NAMES
 
 
 def cmd_train(args) -> int:
     started = time.perf_counter()  # a --minutes budget counts from here: loading TensorFlow included
-    from kmlp.runs.folders import check_out_dir
-    from kmlp.runs.rundir import default_run_dir
-
     config, naming = configure(args, train=True)
     check_train_flags(args)
-    out = check_out_dir(args.out or default_run_dir(args.preset or "default"))
+    out = train_out_dir(args, config)
     data = read_data(args.data, config, naming)
 
     from kmlp.generation.sample import sample_names
@@ -32,6 +31,18 @@ def cmd_train(args) -> int:
         for name in sample_names(result.model, result.data.vocab, args.samples, seed=config.seed):
             print(" ", name)
     return 0
+
+
+def train_out_dir(args, config):
+    """The folder ``kmlp train`` writes, checked: one kmlp may write, and not the run --from reads."""
+    from kmlp.runs.folders import check_out_dir
+    from kmlp.runs.rundir import default_run_dir
+    from kmlp.runs.start import check_out_dir as check_not_into_start
+
+    out = check_out_dir(args.out or default_run_dir(args.preset or "default"))
+    if config.start_from:
+        check_not_into_start(out, config.start_from)
+    return out
 
 
 def read_data(path, config, naming):
@@ -54,6 +65,8 @@ def check_train_flags(args) -> None:
         raise UsageError(f"--samples must be 0 or more, got {args.samples}")
     check_kept_in_memory(args.samples, NAME_BYTES, "--samples", "the names sampled at the end")
     check_devices(args.devices)
+    if args.lr is not None and args.lr_passes is not None:
+        raise UsageError("--lr and --lr-passes both set the learning rate; give one")
     if args.strategy == "multi-worker":
         if args.devices:
             raise UsageError("--devices applies to --strategy mirrored; each worker of --strategy "
@@ -81,6 +94,19 @@ def add_train_parser(sub) -> None:
                    help="end the run at the end of the call that reaches this optimizer step, its "
                         "learning-rate schedule still the one planned for --steps (where a --minutes run "
                         "that fell behind its plan ended, as it records it)")
+    p.add_argument("--from", dest="start_from", metavar="RUN",
+                   help="start from the model of a trained run (its architecture and weights; new "
+                        "characters of --data are added) and fine-tune it: unless given, --epochs "
+                        f"{FINE_TUNING['epochs']} (passes over the train split, each evaluated on dev) and "
+                        f"--lr-passes {FINE_TUNING['lr_passes']:g}, with early stopping; RUN is only read")
+    p.add_argument("--lr-passes", type=float, metavar="RATE",
+                   help="set the learning rate from the run's length, in place of --lr: RATE over the "
+                        "passes over the train split the run makes (a --minutes run's as planned); the "
+                        "default with --from unless --lr is given")
+    p.add_argument("--early-stopping", type=int, metavar="STEPS",
+                   help="stop when dev loss has not improved for STEPS optimizer steps and keep the best "
+                        "weights; 0: off (default: on, for a fifth of the run, with --from and for lists of "
+                        f"fewer than {SMALL_LIST_NAMES:,} train names)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress line (steps done of the total, time elapsed and left, dev loss)")
     g = p.add_argument_group("faults and devices")

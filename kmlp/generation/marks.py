@@ -45,6 +45,11 @@ class MarkedSample:
         return sum(self.found.values())
 
     @property
+    def copies(self) -> int | None:
+        """Names given so far that are copies of the run's list (in any split); None without marks."""
+        return self.total - self.found["new"] if self.split_of is not None else None
+
+    @property
     def new_share(self) -> float | None:
         """The share of the names given so far that are new; None without marks or names."""
         return self.found["new"] / self.total if self.split_of is not None and self.total else None

@@ -2,4 +2,5 @@
 
     mlp.py           CharMLP, build_model (either architecture), compile_model, make_optimizer
     hierarchical.py  the levels that fuse consecutive positions (--arch hierarchical)
+    extend.py        a trained model's weights in a model whose vocabulary has new characters
 """

@@ -4,4 +4,5 @@
     folders.py   output folders checked before any work; results published whole, in one step
     lock.py      one kmlp process at a time writes a folder
     rundir.py    the run folder's files, and loading a run back with checks
+    start.py     a training that starts from a run (--from): configuration, vocabulary, weights
 """

@@ -1,7 +1,8 @@
 """A run directory on disk: its files, and reading it back with checks.
 
     DIR/model.keras       the Keras model (loaded with safe_mode: no code runs at load time)
-    DIR/config.json       {"config": {...}, "vocab": {...}, "data": "/abs/path", "data_sha256": ..., "preset": ...}
+    DIR/config.json       {"config": {...}, "vocab": {...}, "data": "/abs/path", "data_sha256": ..., "preset": ...,
+                          "started_from": {"run": "/abs/path", "weights_sha256": ...} after --from}
     DIR/metrics.json      train_loss, dev_loss, steps, seconds, params, ... (+ test_loss after evaluate)
     DIR/evaluations.json  losses measured on other names files, each with the file and its SHA-256
     DIR/history.csv       one row per evaluation during training
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmlp.config import Config
+from kmlp.data.fetch import NAMES_SHA256, resolve_data_path
 from kmlp.data.vocab import Vocabulary
 from kmlp.errors import DataError, RunError
 from kmlp.runs import manifest
@@ -82,9 +84,15 @@ class Run:
 
     @property
     def data_path(self) -> Path | None:
-        """The names file the model was trained on, as recorded (absolute for runs written now)."""
+        """The names file the model was trained on, as recorded (absolute for runs written now); if
+        that file is missing here but its recorded SHA-256 is names.txt's, the verified names.txt of
+        this machine (a run trained elsewhere, such as the shipped ``saved_models/names-base``)."""
         data = self.info.get("data")
-        return Path(data) if data else None
+        if not data:
+            return None
+        if not Path(data).exists() and self.info.get("data_sha256") == NAMES_SHA256:
+            return resolve_data_path()
+        return Path(data)
 
     def own_data_path(self) -> Path:
         """:attr:`data_path`, or the :class:`RunError` saying the run names no data file."""
@@ -169,12 +177,9 @@ def _configuration(info: dict, source: Path) -> tuple[Config, Vocabulary]:
     return config, vocab
 
 
-def load_run(run_dir: str | os.PathLike, compile: bool = False) -> Run:
-    """Load a run directory written by ``kmlp train``, checking that its files agree.
-
-    The model is loaded with Keras's ``safe_mode``: a file that would run code when loaded (a
-    ``Lambda`` layer, say) is refused. A missing, damaged or mismatched file raises :class:`RunError`.
-    """
+def read_run_config(run_dir: str | os.PathLike) -> tuple[Config, Vocabulary, dict]:
+    """``(config, vocab, info)`` of a run directory, checked as far as can be without loading
+    TensorFlow (its config.json, and a model.keras that is a zip archive); else :class:`RunError`."""
     path = Path(run_dir)
     if not path.is_dir():
         raise RunError(f"{path}: no such run directory")
@@ -187,6 +192,18 @@ def load_run(run_dir: str | os.PathLike, compile: bool = False) -> Run:
         raise RunError(f"{model_path}: not a regular file, so not a Keras archive")
     if not zipfile.is_zipfile(model_path):
         raise RunError(f"{model_path}: corrupt or truncated (not a Keras archive)")
+    return config, vocab, info
+
+
+def load_run(run_dir: str | os.PathLike, compile: bool = False) -> Run:
+    """Load a run directory written by ``kmlp train``, checking that its files agree.
+
+    The model is loaded with Keras's ``safe_mode``: a file that would run code when loaded (a
+    ``Lambda`` layer, say) is refused. A missing, damaged or mismatched file raises :class:`RunError`.
+    """
+    path = Path(run_dir)
+    config, vocab, info = read_run_config(path)
+    model_path = path / MODEL_FILE
     import keras  # only now: the checks above answer without loading TensorFlow
 
     from kmlp.models import mlp  # noqa: F401  registers CharMLP for loading

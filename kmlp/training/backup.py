@@ -44,14 +44,16 @@ def backup_dir(out_dir, worker: str | None = None) -> Path:
     return folders.beside(out_dir, "backup", worker)
 
 
-def identity(config, data: NamesData, plan) -> dict:
-    """What a backup must match to be resumed: the configuration, the plan and the data (the file's
-    SHA-256 as it was read; names given as a list, their train split's)."""
+def identity(config, data: NamesData, plan, started_from: dict | None = None) -> dict:
+    """What a backup must match to be resumed: the configuration, the plan, the data (the file's
+    SHA-256 as it was read; names given as a list, their train split's) and, with --from, the
+    weights it started from (a run that changed since is another start)."""
     if data.data_sha256 is not None:
         data_id = {"data": str(Path(data.path).absolute()), "data_sha256": data.data_sha256}
     else:
         data_id = {"data": None, "train_sha256": data.digest("train")}
-    return {"config": config.to_dict(), "plan": asdict(plan), **data_id}
+    start = {"started_from": started_from} if started_from else {}
+    return {"config": config.to_dict(), "plan": asdict(plan), **data_id, **start}
 
 
 class Backup:
@@ -135,6 +137,14 @@ class Backup:
             return 0.0
         return float(rows[-1].split(",")[rows[0].split(",").index("seconds")])
 
+    def dev_losses(self) -> list[float]:
+        """The dev loss of each epoch the backup holds, in order."""
+        if not self.history.exists():
+            return []
+        rows = self.history.read_text(encoding="utf-8").splitlines()
+        column = rows[0].split(",").index("val_loss")
+        return [float(row.split(",")[column]) for row in rows[1:]]
+
     def callbacks(self, start_epoch: int) -> tuple[LossCurve, ElapsedTime, list]:
         """``(curve, clock, callbacks)`` for ``fit``: the curve and clock carry on from the backup.
 
@@ -163,6 +173,8 @@ def _difference(saved: dict, expected: dict) -> str:
         return f"options {', '.join(differ)} differ"
     if saved.get("plan") != expected["plan"]:
         return "the plan differs"
+    if saved.get("started_from") != expected.get("started_from"):
+        return "the weights of the run --from starts from differ"
     return "the names file differs"
 
 

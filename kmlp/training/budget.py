@@ -207,8 +207,9 @@ def _kept_plan(backup: backups.Backup, request: Config) -> Config | None:
     kept = Config.from_dict(kept["config"], source=str(backup.path)) if kept else None
     planned_alike = kept and kept.replace(steps=request.steps, decay_at=request.decay_at,
                                           steps_per_call=request.steps_per_call,
-                                          stop_at=request.stop_at) == request
-    return kept if planned_alike else None
+                                          stop_at=request.stop_at,
+                                          lr=request.lr if request.lr_passes else kept.lr) == request
+    return kept if planned_alike else None  # (with lr_passes, the rate too was planned)
 
 
 @dataclass

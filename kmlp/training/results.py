@@ -46,14 +46,16 @@ def fit_verdict(train_loss: float, dev_loss: float, vocab_size: int) -> str:
     return f"fits well: dev loss is {gap:.3f} above train"
 
 
-def check_diverged(setup: Setup, curve, start_loss: float, backup, out_dir: Path) -> None:
+def check_diverged(setup: Setup, curve, start_loss: float, backup, out_dir: Path,
+                   stopped_early: bool = False) -> None:
     """Raise :class:`TrainingDiverged` (deleting the backup, whose last epoch holds the broken
     weights) if the training loss became NaN or infinite, or blew up: ended at more than twice
-    where it started and twice a uniform guess. An undertrained model is not diverged."""
+    where it started and twice a uniform guess. An undertrained model is not diverged, nor one that
+    early stopping stopped."""
     steps_done = int(setup.model.optimizer.iterations.numpy())  # (int() fails on a MirroredVariable)
     end_loss = curve.losses[-1] if curve.losses else start_loss
     limit = 2 * max(start_loss, math.log(len(setup.data.vocab)))
-    if steps_done < setup.plan.steps or not math.isfinite(end_loss):
+    if (steps_done < setup.plan.steps and not stopped_early) or not math.isfinite(end_loss):
         what = f"the loss became NaN or infinite by step {steps_done:,}"
     elif end_loss > limit:
         what = f"the training loss rose from {start_loss:.4g} to {end_loss:.4g}"
@@ -67,8 +69,9 @@ def check_diverged(setup: Setup, curve, start_loss: float, backup, out_dir: Path
 def measure(setup: Setup, clock, start_epoch: int, fit_seconds: float, started: float) -> dict:
     """metrics.json: the losses on the whole dev split and on the train split (or, when it is large,
     a fixed sample of :data:`TRAIN_LOSS_EXAMPLES` of its examples), and what the run took."""
-    resumed_at = min(start_epoch * setup.plan.steps_per_epoch, setup.plan.steps)  # (a last epoch cut short)
-    steps_run = setup.plan.steps - resumed_at
+    steps_done = int(setup.model.optimizer.iterations.numpy())  # (fewer than planned if stopped early)
+    resumed_at = min(start_epoch * setup.plan.steps_per_epoch, steps_done)  # (a last epoch cut short)
+    steps_run = steps_done - resumed_at
     data = setup.data
     metrics = {
         "train_loss": evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False,
@@ -76,7 +79,7 @@ def measure(setup: Setup, clock, start_epoch: int, fit_seconds: float, started: 
         "train_loss_examples": min(data.num_examples("train"), TRAIN_LOSS_EXAMPLES),  # all, or a sample
         "train_examples": data.num_examples("train"),
         "dev_loss": evaluate_loss(setup.model, data.dataset("dev", EVAL_BATCH)),
-        "steps": int(setup.model.optimizer.iterations.numpy()),
+        "steps": steps_done,
         "seconds": round(clock.seconds, 3),  # training time of the whole run, resumed parts included
         "total_seconds": round(time.perf_counter() - started, 3),  # this process: data to metrics
         "steps_per_second": round(steps_run / max(fit_seconds, 1e-9), 1),
@@ -106,6 +109,7 @@ def save_run(setup: Setup, out_dir: Path, metrics: dict, curve, backup, preset_n
             "data": data_location(data),
             "data_sha256": data.data_sha256,  # of the bytes read, not of the file as it is now
             "preset": preset_name,
+            **({"started_from": setup.started_from} if setup.started_from else {}),
         })
         write_json(staging / rundir.METRICS_FILE, metrics)
     except BaseException:

@@ -17,6 +17,7 @@ from kmlp.config import Config, check_devices
 from kmlp.data.pipeline import NamesData
 from kmlp.errors import ConfigError
 from kmlp.models.mlp import build_model, compile_model, make_optimizer
+from kmlp.runs import start
 from kmlp.shapes import hidden_layers
 from kmlp.training import distributed
 from kmlp.training.callbacks.schedules import CosineDecay, StepDecay
@@ -64,6 +65,20 @@ def plan_training(config: Config, data: NamesData) -> Plan:
     divisors = [d for d in range(1, min(calls, 200) + 1) if calls % d == 0]
     epochs = min(divisors, key=lambda d: (abs(d - target_epochs), d))
     return Plan(steps=steps, steps_per_call=per_call, calls_per_epoch=calls // epochs, epochs=epochs)
+
+
+# A run of fewer passes than this over the train split gets --lr-passes' rate for this many: a
+# higher one would exceed the presets' own.
+RATE_MIN_PASSES = 5
+
+
+def rate_for_plan(config: Config, plan: Plan, data: NamesData) -> Config:
+    """``config`` with, if it sets ``lr_passes``, the rate that gives: ``lr_passes`` over the passes
+    over the train split ``plan`` makes (at least :data:`RATE_MIN_PASSES`)."""
+    if config.lr_passes is None:
+        return config
+    passes = plan.steps / data.steps_per_epoch(config.batch_size)
+    return config.replace(lr=config.lr_passes / max(passes, RATE_MIN_PASSES))
 
 
 def make_strategy(name: str = "default", devices: int = 0) -> tf.distribute.Strategy:
@@ -164,6 +179,7 @@ class Setup:
     model: keras.Model
     plan: Plan
     strategy: tf.distribute.Strategy
+    started_from: dict | None = None  # the run its weights came from (kmlp.runs.start.start_model)
 
     def train_dataset(self, start_step: int = 0, steps_per_call: int | None = None):
         """The shuffled train split, chunked as the plan says (``steps_per_call`` overrides it)."""
@@ -199,10 +215,14 @@ def prepare(config: Config, data: NamesData, strategy: tf.distribute.Strategy | 
     model under ``strategy``, and the plan.
 
     The configuration is adjusted where it cannot run as given, and the change logged: a batch
-    larger than the train split is the whole split; several devices run one optimizer step per call,
-    without XLA (the chunked step does not scale the loss per replica, and XLA cannot compile a step
-    whose variables live on several devices); several workers run chunks without XLA.
+    larger than the train split is the whole split; a fine-tuning runs calls of a pass
+    (:func:`kmlp.runs.start.pass_calls`); ``lr_passes`` sets the rate (:func:`rate_for_plan`);
+    several devices run one optimizer step per call, without XLA (the chunked step does not scale
+    the loss per replica, and XLA cannot compile a step whose variables live on several devices);
+    several workers run chunks without XLA.
     """
+    if config.start_from:  # the run's vocabulary, then the list's new characters
+        data = start.extend_data(data, start.check_architecture(config))
     if data.block_size != config.block_size or data.split_seed != config.split_seed:
         raise ConfigError(f"the data was built for --block-size {data.block_size} and --split-seed "
                           f"{data.split_seed}, the configuration has {config.block_size} and "
@@ -212,6 +232,7 @@ def prepare(config: Config, data: NamesData, strategy: tf.distribute.Strategy | 
         log(f"--batch-size {config.batch_size} is more than the {examples:,} training examples: "
             f"every step uses all of them")
         config = config.replace(batch_size=examples)
+    config = start.pass_calls(config, data.steps_per_epoch(config.batch_size), MAX_STEPS_PER_CALL)
     strategy = strategy or tf.distribute.get_strategy()
     if distributed.is_multi_worker(strategy):
         config = config.replace(jit_compile=False)
@@ -219,10 +240,13 @@ def prepare(config: Config, data: NamesData, strategy: tf.distribute.Strategy | 
         config = config.replace(steps_per_call=1, jit_compile=False)
     if choose_threads:
         set_op_threads(config, len(data.vocab))
+    plan = plan_training(config, data)
+    config = rate_for_plan(config, plan, data)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_compiled_model(config, len(data.vocab))
-    return Setup(config=config, data=data, model=model, plan=plan_training(config, data), strategy=strategy)
+        started_from = start.start_model(model, config, data) if config.start_from else None
+    return Setup(config=config, data=data, model=model, plan=plan, strategy=strategy, started_from=started_from)
 
 
 def evaluate_loss(model: keras.Model, dataset) -> float:

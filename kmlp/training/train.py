@@ -8,6 +8,7 @@ directory (see :mod:`kmlp.runs.run`) only once everything has succeeded.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import keras
@@ -15,13 +16,15 @@ import tensorflow as tf
 
 from kmlp.config import Config
 from kmlp.data.pipeline import NamesData
-from kmlp.runs import folders, rundir
+from kmlp.runs import folders, rundir, start
 from kmlp.runs.lock import RunLock
 from kmlp.training import backup as backups, distributed, logs
 from kmlp.training.budget import as_ran, end_callbacks, fit_to_budget, until_stop
+from kmlp.training.callbacks.early_stopping import EarlyStopping
 from kmlp.training.callbacks.progress import Progress
 from kmlp.training.results import TrainResult, check_diverged, data_location, fit_verdict, measure, save_run
-from kmlp.training.setup import EVAL_BATCH, evaluate_loss, prepare
+from kmlp.training.setup import EVAL_BATCH, evaluate_loss, prepare, rate_for_plan
+from kmlp.training.small_lists import dev_note, patience_steps
 
 
 def train(config: Config, data_path=None, out_dir=None, preset_name: str | None = None,
@@ -54,20 +57,22 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
     started = time.perf_counter() if started is None else started
     worker = distributed.worker_name(strategy)  # None: this process writes the run
     out_dir = folders.check_out_dir(out_dir or rundir.default_run_dir(preset_name or "custom"), worker=worker)
+    if config.start_from:
+        start.check_out_dir(out_dir, config.start_from)
     with RunLock(out_dir, worker):
         data = data or NamesData.for_config(data_path, config)
         log(f"data: {data.path}; {data.summary()}")
         setup = prepare(config, data, strategy, log=log)
+        data = setup.data  # (with --from: in the vocabulary of the run it starts from)
+        log_start(setup, log)
         start_loss = evaluate_loss(setup.model, data.dataset("train", EVAL_BATCH, shuffle=False).take(1))
         backup = backups.Backup(out_dir, worker)
-        setup, budget = (setup, None) if config.minutes is None else \
-            fit_to_budget(setup, backup, resume, started, preset_name, log)
-        setup = until_stop(setup)
-        log(as_ran(setup).describe())
-        expected = backups.identity(setup.config, data, setup.plan)
+        setup, budget = plan(setup, backup, resume, started, preset_name, log)
+        expected = backups.identity(setup.config, data, setup.plan, setup.started_from)
         start_epoch = distributed.agree_on_start(setup.strategy, backup, backup.start(resume, expected, log),
                                                  expected, log)
         curve, clock, backup_callbacks = backup.callbacks(start_epoch)
+        stopper = early_stopping(setup, backup, start_epoch)
         # Before the backup's callbacks: an epoch's logs are on disk before the backup records the epoch.
         board = logs.tensorboard(backup.logs, data.vocab, setup.plan.epochs)
         if not start_epoch:
@@ -77,16 +82,21 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
         progress = [Progress(as_ran(setup).plan.steps, earlier=clock.earlier)] if verbose else []
         fit_started = time.perf_counter()
         try:
-            history = setup.fit([keras.callbacks.TerminateOnNaN(), board, *backup_callbacks, *progress, *callbacks,
-                                 *end_callbacks(setup, budget)], start_epoch=start_epoch)
+            history = setup.fit([keras.callbacks.TerminateOnNaN(), board, *backup_callbacks, *stopper, *progress,
+                                 *callbacks, *end_callbacks(setup, budget)], start_epoch=start_epoch)
         except KeyboardInterrupt:
             log(f"interrupted; the same command with --resume continues from the last completed "
                 f"epoch (kept in {backup.path})")
             raise
         fit_seconds = time.perf_counter() - fit_started
+        if stopper:
+            board.log_embeddings()  # of the best weights early stopping kept, not of the last epoch
         setup = as_ran(setup, budget)
-        check_diverged(setup, curve, start_loss, backup, out_dir)
+        check_diverged(setup, curve, start_loss, backup, out_dir, stopped_early=any(s.stopped for s in stopper))
         metrics = measure(setup, clock, start_epoch, fit_seconds, started)
+        for s in stopper:
+            metrics["early_stopping"] = s.record()
+            log(early_stopping_summary(metrics["early_stopping"]))
         if budget:
             metrics["budget"] = budget.record(setup.config)
         if worker is None:
@@ -105,3 +115,45 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
                                      f"{config.minutes * 60:g} s)" if budget else ""))
     return TrainResult(model=setup.model, data=data, config=setup.config, metrics=metrics, out_dir=out_dir,
                        history=history.history)
+
+
+def log_start(setup, log) -> None:
+    """Say what a run starts from (with --from) and what its dev split is too small for."""
+    if setup.started_from:
+        new = setup.started_from["new_characters"]
+        log(f"starting from {setup.started_from['run']}: its weights, and its vocabulary with "
+            f"{len(new)} new character{'s' * (len(new) != 1)}" + (f" ({new})" if new else ""))
+    for note in filter(None, [dev_note(setup.data.num_names("dev"))]):
+        log(note)
+
+
+def plan(setup, backup: backups.Backup, resume: bool, started: float, preset_name, log):
+    """``(setup, budget)``: ``setup`` planned to its ``--minutes`` (budget None without), its rate
+    set by ``--lr-passes`` from the plan, and its epochs ending at ``--stop-at``."""
+    budget = None
+    if setup.config.minutes is not None:
+        setup, budget = fit_to_budget(setup, backup, resume, started, preset_name, log)
+        setup = dataclasses.replace(setup, config=rate_for_plan(setup.config, setup.plan, setup.data))
+    setup = until_stop(setup)
+    log(as_ran(setup).describe())
+    if setup.config.lr_passes:
+        passes = setup.plan.steps / setup.data.steps_per_epoch(setup.config.batch_size)
+        log(f"rate: --lr {setup.config.lr:.3g}, that is --lr-passes {setup.config.lr_passes:g} over "
+            f"{passes:g} passes over the train split")
+    return setup, budget
+
+
+def early_stopping(setup, backup: backups.Backup, start_epoch: int) -> list[EarlyStopping]:
+    """The run's early stopping (see :func:`patience_steps`) as a list of one callback, or none."""
+    patience = patience_steps(setup.config.early_stopping, bool(setup.config.start_from),
+                              setup.data.num_names("train"), setup.plan.steps, setup.plan.steps_per_epoch)
+    if not patience:
+        return []
+    return [EarlyStopping(patience, setup.plan.steps_per_epoch, folder=backup.path,
+                          dev_losses=backup.dev_losses() if start_epoch else ())]
+
+
+def early_stopping_summary(record: dict) -> str:
+    stopped = f"stopped at step {record['stopped_at_step']:,}" if record["stopped_at_step"] else "ran to the end"
+    return (f"early stopping (patience {record['patience_steps']:,} steps): {stopped}; kept the weights "
+            f"of step {record['best_step']:,}, the best dev loss")

@@ -94,8 +94,8 @@ def test_sigterm_stops_training_like_ctrl_c_and_resume_finishes_it(tmp_path):
     data.write_text("\n".join(TINY_WORDS) + "\n")
     args = [sys.executable, "-m", "kmlp", "train", "--data", str(data), "--block-size", "3", "--n-embd", "4",
             "--n-hidden", "16", "--batch-size", "1", "--steps", "1000", "--optimizer", "adam", "--lr", "0.01",
-            "--decay-at", "none", "--steps-per-call", "10", "--no-jit", "--samples", "0", "--quiet", "--out",
-            str(tmp_path / "run")]
+            "--decay-at", "none", "--steps-per-call", "10", "--early-stopping", "0", "--no-jit", "--samples", "0",
+            "--quiet", "--out", str(tmp_path / "run")]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metadata = backups.backup_dir(tmp_path / "run") / backups.METADATA_FILE
     try:

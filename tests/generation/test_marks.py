@@ -23,6 +23,7 @@ def test_names_come_as_the_model_draws_them_marked_and_counted(run):
     assert [mark for _, mark in marked] == where_found(names, run.splits()[0])
     assert sample.total == 40 and sum(sample.found.values()) == 40
     assert sample.new_share == pytest.approx(sample.found["new"] / 40) and sample.unavailable is None
+    assert sample.copies == sum(mark != "new" for _, mark in marked) == 40 - sample.found["new"]
 
 
 def test_new_draws_only_names_in_no_split(run):
@@ -34,7 +35,7 @@ def test_without_the_runs_names_file_names_are_unmarked_and_new_is_refused(run, 
     moved = dataclasses.replace(run, info={**run.info, "data": str(tmp_path / "gone.txt")})
     sample = sample_run(moved, 5, seed=1)
     assert [mark for _, mark in sample] == [None] * 5
-    assert sample.new_share is None and "gone.txt" in sample.unavailable
+    assert sample.new_share is None and sample.copies is None and "gone.txt" in sample.unavailable
     with pytest.raises(ConfigError, match="--new needs the names the model was trained on: .*gone.txt"):
         sample_run(moved, 5, seed=1, new=True)
 

@@ -229,10 +229,12 @@ def test_sample_command_marks_names_and_reports_the_new_share(run, capsys):
     assert names == NameModel(run.model, run.vocab).sample(30, seed=4, prefix="a")
     assert {entry["found_in"] for entry in out["names"]} <= {"train", "dev", "test", "new"}
     new = sum(entry["found_in"] == "new" for entry in out["names"])
-    assert out["new_share"] == pytest.approx(new / 30)
+    assert out["new_share"] == pytest.approx(new / 30) and out["copies"] == 30 - new
     assert main(["sample", str(run.path), "-n", "5", "--seed", "4", "--top-k", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
+    copies = sum(line.split()[-1] in ("train", "dev/test", "dev", "test") for line in lines[:5])
     assert len(lines) == 6 and lines[-1].startswith("new: ")
+    assert f"copies of the run's list: {copies} (in train" in lines[-1]
 
 
 def test_sample_without_the_data_file_still_samples(run, tmp_path, capsys):

@@ -4,14 +4,18 @@ import hashlib
 import json
 import os
 
+import keras
 import pytest
-from conftest import TINY_WORDS
+from conftest import TINY_WORDS, copy_run
+from test_budget import InterruptAfter  # Ctrl-C once the backup has recorded an epoch
 
 from kmlp.config import Config
 from kmlp.data.pipeline import NamesData
 from kmlp.errors import RunError
+from kmlp.runs.start import start_from
 from kmlp.training import backup as backups
 from kmlp.training.setup import Plan
+from kmlp.training.train import train
 
 PLAN = {"steps": 40, "steps_per_call": 5, "calls_per_epoch": 2, "epochs": 4}
 
@@ -97,3 +101,17 @@ def test_a_backup_knows_its_names_by_the_hash_of_the_bytes_read():
     assert expected["data"] == f"/dev/fd/{read_end}" and expected["data_sha256"] == hashlib.sha256(raw).hexdigest()
     from_list = backups.identity(config, NamesData.from_words(TINY_WORDS), plan)  # no file: the train split's
     assert from_list["data"] is None and from_list["train_sha256"] == data.digest("train")
+def test_a_fine_tuning_resumes_only_from_the_same_weights_of_its_start_run(tiny_run_dir, tiny_names_file, tmp_path):
+    start = copy_run(tiny_run_dir, tmp_path / "start")
+    config = start_from(start, steps=40, steps_per_call=10, early_stopping=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data_path=tiny_names_file, out_dir=tmp_path / "out", verbose=0, log=lambda *_: None,
+              callbacks=[InterruptAfter(0)])
+    kept = json.loads((backups.backup_dir(tmp_path / "out") / backups.IDENTITY_FILE).read_text())
+    assert kept["started_from"]["run"] == str(start.resolve()) and len(kept["started_from"]["weights_sha256"]) == 64
+    model = keras.saving.load_model(start / "model.keras")
+    model.get_layer("logits").bias.assign(model.get_layer("logits").bias + 0.5)
+    model.save(start / "model.keras")  # the start run's weights changed since the interruption
+    with pytest.raises(RunError, match="another run .the weights of the run --from starts from differ"):
+        train(config, data_path=tiny_names_file, out_dir=tmp_path / "out", resume=True, verbose=0, log=lambda *_: None)
+    assert backups.backup_dir(tmp_path / "out").is_dir()  # kept for a resume from the right weights

@@ -26,7 +26,8 @@ from kmlp.training.train import train
 
 QUIET = dict(verbose=0, log=lambda *_: None)
 NAMES_LIKE = NamesData.from_words([f"w{i:05d}x" for i in range(20_000)])  # a pass: 4,000 steps at batch 32
-TINY = dict(block_size=3, n_embd=4, n_hidden=16, batch_size=8, jit_compile=False)
+# (early stopping, on by default for a list this small, off: these runs are about their planned steps)
+TINY = dict(block_size=3, n_embd=4, n_hidden=16, batch_size=8, jit_compile=False, early_stopping=0)
 # The same tiny model as flags (on the lecture's preset), for the command line's view of a run.
 TINY_FLAGS = ["--preset", "lecture", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8", "--no-jit",
               "--optimizer", "adam", "--lr", "0.01", "--schedule", "cosine", "--decay-at", "none"]
@@ -341,6 +342,27 @@ def test_a_resumed_minutes_run_keeps_the_steps_it_planned(tiny_names_file, tmp_p
     assert result.metrics["steps"] == 1000 and result.metrics["resumed_at_step"] == 500
     assert result.metrics["budget"] == {"minutes": 5, "planned_steps": 1000, "repeat_with": "--steps 1000"}
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["minutes"] is None
+
+
+def test_a_budgeted_fine_tuning_takes_the_rate_of_the_passes_it_planned_and_keeps_it_on_resume(
+        tiny_run_dir, tiny_names_file, tmp_path, monkeypatch):
+    from kmlp.runs.start import start_from
+
+    def eight_passes(config, data, cost):
+        return budget._scaled(config, 8 * data.steps_per_epoch(config.batch_size), config.steps_per_call)
+
+    monkeypatch.setattr(budget, "plan_minutes", eight_passes)
+    monkeypatch.setattr(budget, "measure_cost", lambda *args, **kwargs: cost())
+    config = start_from(tiny_run_dir, minutes=5, batch_size=8, early_stopping=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", callbacks=[InterruptAfter(2)], **QUIET)
+    said = []
+    result = train(config, data_path=tiny_names_file, out_dir=tmp_path / "run", resume=True, verbose=0,
+                   log=said.append)
+    assert any(line.startswith("resuming a --minutes 5 run: it keeps the") for line in said)
+    assert len(result.history["val_loss"]) + 3 == 8  # a pass an evaluation; 3 done before the cut
+    assert result.config.lr == pytest.approx(config.lr_passes / 8)
+    assert f"rate: --lr {config.lr_passes / 8:.3g}, that is --lr-passes 0.03 over 8 passes over the train split" in said
 
 
 def test_resuming_with_another_budget_is_another_run(tiny_names_file, tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ from kmlp.training.tune import tune
 # 60 steps in 4 evaluations of 3 compiled calls of 5 steps each: several points per epoch. (The
 # session's tiny run, tiny_run_dir, is a run of TINY.)
 TINY = Config(block_size=3, n_embd=4, n_hidden=16, batch_size=8, steps=60, decay_at=[30], lr=0.3,
-              steps_per_call=5)
+              steps_per_call=5, early_stopping=0)
 EMBEDDING_TENSOR = "embedding"
 
 

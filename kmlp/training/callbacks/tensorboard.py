@@ -160,6 +160,12 @@ class TensorBoard(keras.callbacks.TensorBoard):
             elif isinstance(metadata, dict) and layer.name in metadata:
                 embedding.metadata_path = metadata[layer.name]
 
+    def log_embeddings(self) -> None:
+        """Write the projector's table of the model as it is now: after training, once a later
+        callback (early stopping) has put other weights back."""
+        if self.embeddings_freq:
+            self._log_embeddings(step_of(self.model.optimizer))
+
     def _log_embeddings(self, step):
         from google.protobuf import text_format
         from tensorboard.plugins.projector.metadata import PROJECTOR_FILENAME
