@@ -1,11 +1,12 @@
 """Memory of large data, on synthetic data: what reading minibatches out of a large split takes at
 its height in TensorFlow's CPU allocator (docs/large-files.md, "Where the memory goes"). Holding the
-examples whole, int32 [N, block_size + 1], would take 36 bytes per example at block_size 8."""
+examples whole, int32 [N, block_size + 1], would take 36 bytes per example at block_size 8; holding
+the epoch's order as a permutation, 4 (8 while it is made)."""
 
 import numpy as np
 import pytest
 
-from kmlp.data.pipeline import NamesData
+from kmlp.data.pipeline import PERMUTED_EXAMPLES, NamesData, _example_order
 from kmlp.data.vocab import Vocabulary
 
 EXAMPLES = 2_000_000
@@ -35,11 +36,26 @@ def height(batches, count: int | None = None) -> int:
     return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
 
 
-def test_the_shuffle_holds_int32_indices_at_its_height_not_the_examples(data):
-    """The epoch's order is int32 indices, made as a range and its shuffled copy: 8 bytes per
-    example at once (a little more with the allocator's rounding and the split's token stream)."""
-    taken = height(lambda: data.dataset("train", 1024, seed=1), count=5)
-    assert 4 * EXAMPLES <= taken < 12 * EXAMPLES
+def test_a_large_split_is_shuffled_holding_nothing_per_example(data):
+    """Above PERMUTED_EXAMPLES, each place's index is computed as it is read: what the shuffled
+    minibatches take at their height is about a byte per example, the copy of the split's token
+    stream that TensorFlow makes as the pass begins."""
+    assert EXAMPLES > PERMUTED_EXAMPLES
+    data.dataset("train", 1024)  # the token stream's tensor, made once for every pass
+    assert height(lambda: data.dataset("train", 1024, seed=1), count=5) < 3 * EXAMPLES
+
+
+def test_a_permuted_order_is_held_as_int32_indices():
+    """Up to PERMUTED_EXAMPLES (here forced for a larger split), the epoch's order is int32 indices,
+    made as a range and its shuffled copy: 8 bytes per example at once, which the allocator's
+    statistics show (a little more with its rounding), so they would show a held order above too."""
+    import tensorflow as tf
+
+    def batches():
+        order = _example_order(EXAMPLES, 1024, shuffle=True, repeat=True, seed=1, permuted_up_to=EXAMPLES)
+        return order.map(lambda index: (tf.zeros([1024, BLOCK_SIZE]), index))
+
+    assert 4 * EXAMPLES <= height(batches, count=5) < 12 * EXAMPLES
 
 
 def test_a_pass_in_order_holds_neither_an_order_nor_the_examples(data):
