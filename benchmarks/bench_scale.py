@@ -3,31 +3,38 @@
 It makes its own files, names drawn from a character n-gram model of names.txt (--order 3: each
 character given the two before it), with --sizes lines (default 32,000, 1,000,000 and 5,000,000),
 and one of 10 names whose run is TensorFlow's own memory floor (each name 1,000 times over, 70 kB,
-so that its training and evaluation minibatches are as large as in the other runs: a 10-line file
-would train on batches of its 60-odd examples and need less memory for reasons that have nothing to
-do with the data). Each file is trained on by a whole ``kmlp train`` process (--preset, default
-``default``, at its own length unless --steps), started afresh, with clocks on its phases; the floor
-too, for the same steps as the others: TensorFlow's resident memory grows over a long run by
-itself, and that growth is not the data's. For each file it prints:
+so that its training and evaluation minibatches are as large as in the other runs: a 10-line file,
+--floor-repeats 1, trains on batches of its 60-odd examples and needs less memory for reasons that
+have nothing to do with the data). Each file is trained on by a whole ``kmlp train`` process
+(--preset, default ``default``, at its own length unless --steps), started afresh, with clocks on
+its phases; the floor too, for the same steps as the others: TensorFlow's resident memory grows
+over a long run by itself, and that growth is not the data's. Memory is measured at --short-steps
+too (default 300), floor and files trained again that long: there, the floor's own growth over
+thousands of steps cannot hide what the data takes. Peak RSS varies by about 10 MB from run to run:
+--repeats N makes every run N times, in turn, and takes each figure's median. For each file:
 
   load s, CPU s    reading the file and building the splits and token streams, in the run (CPU
                    time too: on a busy machine it tells what the wall time would be on a quiet one)
   s/1M             load seconds per million names
   loading peak     (--load-only) peak RSS above the resident memory just before loading, in file
                    sizes: what the data structures cost at their height, TensorFlow left out
-  peak RSS         the process's peak resident memory (``ru_maxrss`` of the child)
-  above floor      peak RSS minus the 10-name run's, as a multiple of the file's size
   steps/s          optimizer steps per second of training (fit, less its dev evaluations)
   non-training     the share of the process's wall time spent outside training steps: start-up,
                    loading, evaluations on dev, the final train and dev losses, saving, pictures
                    and the names sampled at the end (each given in the breakdown that follows)
 
-and checks the targets on the files of a million lines or more: at most 10x the file size above the
-floor, loading under 3 s per million names, and a non-training share under 20% for 1M names at
-the preset's own length.
+and, for each length (--short-steps, then the run's own), a memory table:
 
-    python benchmarks/bench_scale.py                          # the whole measurement, about half an hour
-    python benchmarks/bench_scale.py --sizes 32000 1000000 --steps 300
+  peak RSS         the process's peak resident memory (``ru_maxrss`` of the child)
+  above floor      peak RSS minus the 10-name run's of the same length, in MB
+  x file           that, as a multiple of the file's size: the target is at most 10x
+
+It checks the targets on the files of a million lines or more: under 10x the file size above the
+floor at each length (said met or not, with the multiples), loading under 3 s per million names,
+and a non-training share under 20% for 1M names at the preset's own length.
+
+    python benchmarks/bench_scale.py                          # the whole measurement, about an hour
+    python benchmarks/bench_scale.py --sizes 1000000          # 1M names at 300 and 4,500 steps
     python benchmarks/bench_scale.py --load-only              # loading alone, in a minute or two
 
 Files are kept in --work (default: kmlp-bench-scale/ in the temporary directory) and reused.
@@ -38,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,14 +120,15 @@ def _context_index(ids, size: int) -> int:
     return index
 
 
-def names_file(work: Path, source: Path, lines: int, order: int, seed: int) -> Path:
+def names_file(work: Path, source: Path, lines: int, order: int, seed: int,
+               repeats: int = FLOOR_REPEATS) -> Path:
     """The file of ``lines`` drawn names, or for the floor the first ``lines`` names of ``source``,
-    repeated (made once, then reused)."""
-    path = work / (f"first-{lines}x{FLOOR_REPEATS}.txt" if lines == FLOOR_LINES
+    each ``repeats`` times (made once, then reused)."""
+    path = work / (f"first-{lines}x{repeats}.txt" if lines == FLOOR_LINES
                    else f"ngram{order}-{lines}-seed{seed}.txt")
     if not path.exists():
         words = load_words(source)
-        chunks = ["".join(f"{w}\n" for w in words[:lines] * FLOOR_REPEATS).encode()] if lines == FLOOR_LINES \
+        chunks = ["".join(f"{w}\n" for w in words[:lines] * repeats).encode()] if lines == FLOOR_LINES \
             else ngram_names(words, lines, order, seed)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
@@ -246,6 +255,13 @@ def main(argv=None) -> int:
                    help="lines of the files to make (default 32000 1000000 5000000)")
     p.add_argument("--preset", default="default", help="kmlp train --preset (default: default)")
     p.add_argument("--steps", type=int, help="kmlp train --steps (default: the preset's)")
+    p.add_argument("--short-steps", type=int, default=300,
+                   help="also measure memory in runs this long, when --steps is longer (default 300; 0: not)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="make every training run this many times and take the median (default 1)")
+    p.add_argument("--floor-repeats", type=int, default=FLOOR_REPEATS,
+                   help=f"times each of the floor's {FLOOR_LINES} names is in its file (default {FLOOR_REPEATS}; "
+                        f"1: a plain {FLOOR_LINES}-line file, whose minibatches are smaller)")
     p.add_argument("--order", type=int, default=3, help="n of the character n-gram model (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed for drawing the names (default 0)")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "names.txt",
@@ -254,11 +270,14 @@ def main(argv=None) -> int:
                    help="folder for the files and runs (default: kmlp-bench-scale in the temp dir)")
     p.add_argument("--load-only", action="store_true", help="time and measure loading alone, no training")
     args = p.parse_args(argv)
-    if any(n < FLOOR_LINES for n in args.sizes) or (args.steps is not None and args.steps < 1) or args.order < 1:
-        p.error(f"--sizes must be at least {FLOOR_LINES} lines, --steps and --order positive")
+    if any(n < FLOOR_LINES for n in args.sizes) or (args.steps is not None and args.steps < 1) or args.order < 1 \
+            or args.short_steps < 0 or min(args.repeats, args.floor_repeats) < 1:
+        p.error(f"--sizes must be at least {FLOOR_LINES} lines, --steps, --order, --repeats and --floor-repeats "
+                f"positive, --short-steps 0 or more")
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}; files in {args.work}")
-    files = {n: names_file(args.work, args.data, n, args.order, args.seed) for n in [FLOOR_LINES, *args.sizes]}
+    files = {n: names_file(args.work, args.data, n, args.order, args.seed, args.floor_repeats)
+             for n in [FLOOR_LINES, *args.sizes]}
     if args.load_only:
         return measure_loading({n: path for n, path in files.items() if n != FLOOR_LINES})
     return measure_training(files, args)
@@ -282,27 +301,45 @@ def measure_loading(files: dict[int, Path]) -> int:
     return 0
 
 
+def train_runs(files: dict[int, Path], args, steps: int | None) -> dict[int, dict]:
+    """``kmlp train`` processes on each file, the floor first, for ``steps`` (None: the preset's),
+    --repeats times in turn; each figure the median of its repeats."""
+    made: dict[int, list[dict]] = {lines: [] for lines in files}
+    for _ in range(args.repeats):
+        for lines, path in files.items():
+            out = args.work / f"run-{lines}-{steps or 'full'}"
+            Backup(out).remove()  # this benchmark's own, from a run cut short (the run itself is replaced)
+            argv = ["--data", str(path), "--preset", args.preset, "--out", str(out),
+                    "--quiet", "--samples", "10"] + (["--steps", str(steps)] if steps else [])
+            r = run_child(argv)
+            made[lines].append({**r, "size": path.stat().st_size, "file": path.name})
+            print(f"  {lines:,} lines, {r['steps']:,} steps: {r['wall']:.0f} s, peak {mb(r['peak_rss'])}, "
+                  f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    return {lines: median_run(repeats) for lines, repeats in made.items()}
+
+
+def median_run(repeats: list[dict]) -> dict:
+    """One run's figures from its repeats: each number the median of its values, the rest the first's."""
+    return {key: type(value)(statistics.median(r[key] for r in repeats)) if isinstance(value, (int, float))
+            else value for key, value in repeats[0].items()}
+
+
 def measure_training(files: dict[int, Path], args) -> int:
-    runs = {}
-    for lines, path in files.items():
-        out = args.work / f"run-{lines}"
-        Backup(out).remove()  # this benchmark's own, from a run cut short (the run itself is replaced)
-        argv = ["--data", str(path), "--preset", args.preset, "--out", str(out),
-                "--quiet", "--samples", "10"] + (["--steps", str(args.steps)] if args.steps else [])
-        runs[lines] = r = run_child(argv)
-        r["size"] = path.stat().st_size
-        print(f"  {lines:,} lines: {r['wall']:.0f} s, peak {mb(r['peak_rss'])}", flush=True)
-    floor = runs[FLOOR_LINES]["peak_rss"]
+    lengths = [args.steps]  # None: the preset's
+    if args.short_steps and (args.steps is None or args.steps > args.short_steps):
+        lengths.insert(0, args.short_steps)
+    by_length = {steps: train_runs(files, args, steps) for steps in lengths}
+    runs = by_length[args.steps]
+    repeats = f", median of {args.repeats} runs each" if args.repeats > 1 else ""
     print(f"\nkmlp train --preset {args.preset}" + (f" --steps {args.steps:,}" if args.steps else "")
-          + f"; TensorFlow's floor (a file of {FLOOR_LINES} names, {runs[FLOOR_LINES]['steps']} steps): "
-          f"peak RSS {mb(floor)}")
-    print(f"{'lines':>10} {'file':>8} {'load s':>7} {'CPU s':>6} {'s/1M':>5} {'peak RSS':>9} {'above floor':>12} "
-          f"{'steps/s':>8} {'wall s':>7} {'non-training':>13}")
+          + f" ({runs[FLOOR_LINES]['steps']:,} steps{repeats})")
+    print(f"{'lines':>10} {'file':>8} {'load s':>7} {'CPU s':>6} {'s/1M':>5} {'steps/s':>8} {'wall s':>7} "
+          f"{'non-training':>13}")
     for lines, r in runs.items():
         if lines != FLOOR_LINES:
             print(f"{lines:>10,} {mb(r['size']):>8} {r['load']:>7.2f} {r['load cpu']:>6.2f} "
-                  f"{r['load'] / lines * 1e6:>5.2f} {mb(r['peak_rss']):>9} {above_floor(r, floor):>11.1f}x "
-                  f"{r['steps'] / training_seconds(r):>8.1f} {r['wall']:>7.0f} {non_training_share(r):>12.1%}")
+                  f"{r['load'] / lines * 1e6:>5.2f} {r['steps'] / training_seconds(r):>8.1f} {r['wall']:>7.0f} "
+                  f"{non_training_share(r):>12.1%}")
     print("\nwhere the non-training time goes (seconds):")
     phases = ["load", "evaluations on dev during fit", "final train and dev losses", "saving the model",
               "pictures", "sampling names"]
@@ -313,13 +350,27 @@ def measure_training(files: dict[int, Path], args) -> int:
     for lines, r in runs.items():
         line = next((x for x in r["output"].splitlines() if x.startswith("train loss")), "")
         print(f"  {lines:,} lines: {line}")
-    met = check_targets(runs, full_length=not args.steps)
+    for group in by_length.values():
+        print_memory(group)
+    met = check_targets(by_length, full_length=not args.steps)
     print(f"\ntargets, on files of {TARGET_LINES:,} lines or more:")
-    print(f"  peak RSS at most {MEMORY_FACTOR}x the file above the floor: {verdict(met['memory'])}")
+    for line in memory_verdicts(by_length):
+        print(f"  {line}")
     print(f"  loading under {LOAD_SECONDS_PER_MILLION:g} s per million names: {verdict(met['load'])}")
     print(f"  non-training under {NON_TRAINING_SHARE:.0%} of the wall time, {OVERHEAD_LINES:,} names at the "
           f"preset's own length: {verdict(met['overhead'])}")
     return 0
+
+
+def print_memory(runs: dict[int, dict]) -> None:
+    """Peak RSS of runs of the same length, and each file's above the floor's."""
+    floor = runs[FLOOR_LINES]
+    print(f"\nmemory, {floor['steps']:,} steps each; the floor ({floor['file']}): peak RSS {mb(floor['peak_rss'])}")
+    print(f"{'lines':>10} {'file':>8} {'peak RSS':>9} {'above floor':>12} {'x file':>7}")
+    for lines, r in runs.items():
+        if lines != FLOOR_LINES:
+            print(f"{lines:>10,} {mb(r['size']):>8} {mb(r['peak_rss']):>9} "
+                  f"{mb(r['peak_rss'] - floor['peak_rss']):>12} {above_floor(r, floor['peak_rss']):>6.1f}x")
 
 
 def training_seconds(r: dict) -> float:
@@ -336,15 +387,34 @@ def above_floor(r: dict, floor: int) -> float:
     return (r["peak_rss"] - floor) / r["size"]
 
 
-def check_targets(runs: dict[int, dict], full_length: bool) -> dict[str, list[bool]]:
-    """For each target, whether each run it applies to meets it (an empty list: not measured).
-    ``runs`` maps lines to a run's figures, the floor's (FLOOR_LINES) included."""
-    floor = runs[FLOOR_LINES]["peak_rss"]
+def check_targets(by_length: dict[int | None, dict[int, dict]], full_length: bool) -> dict:
+    """For each target, whether each run it applies to meets it (an empty list: not measured); the
+    memory target for each length apart (``{steps: [...]}``). ``by_length`` maps each length measured
+    (the run's own last) to its runs: lines -> a run's figures, the floor's (FLOOR_LINES) included."""
+    runs = list(by_length.values())[-1]
     large = {lines: r for lines, r in runs.items() if lines >= TARGET_LINES}
-    return {"memory": [above_floor(r, floor) <= MEMORY_FACTOR for r in large.values()],
+    return {"memory": {steps: [x < MEMORY_FACTOR for x in multiples.values()]
+                       for steps, multiples in memory_multiples(by_length).items()},
             "load": [r["load"] / lines * 1e6 < LOAD_SECONDS_PER_MILLION for lines, r in large.items()],
             "overhead": [non_training_share(runs[OVERHEAD_LINES]) < NON_TRAINING_SHARE]
             if full_length and OVERHEAD_LINES in runs else []}
+
+
+def memory_multiples(by_length: dict[int | None, dict[int, dict]]) -> dict[int, dict[int, float]]:
+    """For each length (in steps), each file of TARGET_LINES or more: its peak RSS above the floor's
+    of the same length, in file sizes."""
+    return {group[FLOOR_LINES]["steps"]: {lines: above_floor(r, group[FLOOR_LINES]["peak_rss"])
+                                          for lines, r in group.items() if lines >= TARGET_LINES}
+            for group in by_length.values()}
+
+
+def memory_verdicts(by_length: dict[int | None, dict[int, dict]]) -> list[str]:
+    """The memory target at each length, said met or not, with each large file's multiple."""
+    met = check_targets(by_length, full_length=False)["memory"]
+    return [f"target <{MEMORY_FACTOR}x the file above the floor at {steps:,} steps: {verdict(met[steps])}"
+            + (" (" + "; ".join(f"{lines:,} lines {x:.1f}x" for lines, x in multiples.items()) + ")"
+               if multiples else "")
+            for steps, multiples in memory_multiples(by_length).items()]
 
 
 def verdict(checks: list[bool]) -> str:

@@ -8,7 +8,8 @@ The examples are built as in the "makemore, part 2" lecture: every name is padde
 
 Memory grows with the file by a small constant: each split is one token stream (see
 :mod:`kmlp.data.splits`), and ``tf.data`` cuts each minibatch's context windows out of it; no
-``[N, block_size]`` array and no Python object per name or character is built.
+``[N, block_size]`` array and no Python object per name or character is built, and a large train
+split's shuffled order is computed as it is read, not held (see :func:`_example_order`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from kmlp.errors import DataError
 
 # The fewest distinct names for which the 80/10/10 split leaves every part non-empty.
 MIN_DISTINCT_NAMES = 8
+# The most examples whose epoch is shuffled as one permutation held whole (4 bytes per example, 8
+# while it is made); a larger split's order is computed place by place, holding nothing per example.
+PERMUTED_EXAMPLES = 2**20
 
 
 @dataclass(eq=False)
@@ -254,12 +258,16 @@ def make_dataset(X, y, batch_size: int, shuffle: bool = True, repeat: bool = Tru
 
 
 def _example_order(n: int, batch_size: int, shuffle: bool, repeat: bool, seed: int, first_epoch: int = 0,
-                   steps_per_call: int = 1, start_step: int = 0, index: np.ndarray | None = None):
+                   steps_per_call: int = 1, start_step: int = 0, index: np.ndarray | None = None,
+                   permuted_up_to: int = PERMUTED_EXAMPLES):
     """A ``tf.data.Dataset`` of minibatches of example indices (of ``range(n)``, or of ``index``).
 
-    Shuffling permutes indices once per epoch (a single op, not a per-example shuffle buffer); the
-    permutation of epoch ``e`` depends only on ``(seed, e)``, so runs repeat exactly and a resumed
-    run can start at any epoch. Shuffled epochs drop their last partial batch so every step sees
+    Shuffling permutes indices once per epoch, not through a per-example shuffle buffer: up to
+    ``permuted_up_to`` examples, as one permutation made whole (the order of every earlier version);
+    beyond, each place's index is computed alone, a bijection of ``range(n)``
+    (``tf.random.experimental.index_shuffle``), so that nothing is held per example. Epoch ``e``'s
+    order depends only on ``(seed, e)``, so runs repeat exactly and a resumed run can start at any
+    epoch. Shuffled epochs drop their last partial batch so every step sees
     ``batch_size`` examples. ``start_step`` skips that many minibatches (counted from
     ``first_epoch``): a run resumed after ``s`` optimizer steps sees exactly the minibatches an
     uninterrupted run would from step ``s`` on. ``steps_per_call`` > 1 groups that many minibatches
@@ -282,8 +290,12 @@ def _example_order(n: int, batch_size: int, shuffle: bool, repeat: bool, seed: i
     used = min(n, n_batches * batch_size)
 
     def epoch_batches(epoch):
-        perm = tf.random.experimental.stateless_shuffle(
-            tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        key = tf.stack([tf.constant(seed, tf.int64), epoch])
+        if n > permuted_up_to:
+            last = tf.constant(n - 1, tf.int64)
+            return tf.data.Dataset.range(n_batches).map(lambda b: tf.random.experimental.index_shuffle(
+                tf.range(b * batch_size, (b + 1) * batch_size), key, last))
+        perm = tf.random.experimental.stateless_shuffle(tf.range(n), seed=key)
         return tf.data.Dataset.from_tensor_slices(tf.reshape(perm[:used], [n_batches, -1]))
 
     first_epoch += start_step // n_batches

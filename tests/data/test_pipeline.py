@@ -6,7 +6,7 @@ import pytest
 
 from kmlp.data import splits
 from kmlp.data.files import load_words
-from kmlp.data.pipeline import NamesData, build_dataset, make_dataset
+from kmlp.data.pipeline import NamesData, _example_order, build_dataset, make_dataset
 from kmlp.data.splits import split_words
 from kmlp.data.vocab import Vocabulary
 from kmlp.errors import DataError
@@ -248,3 +248,23 @@ def test_names_txt_streams_give_the_lecture_splits_and_examples(names_path):
         np.testing.assert_array_equal(X, ref_X)
         np.testing.assert_array_equal(y, ref_y)
     assert data.streams["train"].nbytes == data.num_examples("train") + 1 == 182_719
+
+
+def test_a_large_splits_order_is_computed_place_by_place_and_is_still_a_permutation():
+    """Above ``permuted_up_to`` examples, no permutation is held: each epoch's order is still every
+    index once (the last partial batch dropped), new each epoch, the same for the same seed, and a
+    resumed run's start_step skips exactly the minibatches an uninterrupted run saw."""
+    def order(**kwargs):
+        args = {"shuffle": True, "repeat": True, "seed": 3, "permuted_up_to": 0, **kwargs}
+        return [b.numpy() for b in _example_order(23, 5, **args).take(8)]
+
+    batches = order()
+    epoch1, epoch2 = np.concatenate(batches[:4]), np.concatenate(batches[4:])
+    assert all(b.shape == (5,) for b in batches) and len(set(epoch1)) == len(set(epoch2)) == 20
+    assert set(epoch1) <= set(range(23)) and set(epoch2) <= set(range(23)) and list(epoch1) != list(epoch2)
+    assert all((p == q).all() for p, q in zip(order(), batches))
+    assert any((p != q).any() for p, q in zip(order(seed=4), batches))
+    assert all((p == q).all() for p, q in zip(order(start_step=3), batches[3:]))
+    chunk = next(iter(_example_order(23, 5, True, True, seed=3, steps_per_call=2, permuted_up_to=0)))
+    np.testing.assert_array_equal(chunk, np.stack(batches[:2]))
+    assert [b.tolist() for b in order(permuted_up_to=23)] != [b.tolist() for b in batches]  # the other order
