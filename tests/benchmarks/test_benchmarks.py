@@ -179,3 +179,23 @@ def test_bench_best_skip_full_times_only_the_two_recipes_steps(names_path, capsy
     assert "first at step" not in out and "verdict" not in out  # no full runs
     assert "step cost side by side: 1 rounds of 5 steps of each, alternated" in out
     assert re.search(r"a step of the new recipe costs [\d.]+ of the old one's in wall time, [\d.]+ in CPU", out)
+
+
+@pytest.mark.integration
+def test_bench_step_cost_times_candidates_against_best_and_converts_the_budget(names_path, capsys):
+    """A candidate given as kmlp train flags on top of --preset best; best itself costs 1.00."""
+    capsys.readouterr()
+    args = ["--n-hidden 32", "--rounds", "1", "--chunk", "2", "--budget-steps", "1000", "--data", str(names_path)]
+    assert benchmark_module("bench_step_cost").main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 rounds of 2 steps of each, alternated" in out
+    assert re.search(r"^\| best \| [\d.]+ \| [\d.]+ \| 1\.00, 1\.00 \| 1,000 \|$", out, re.M), out
+    row = re.search(r"^\| --n-hidden 32 \| [\d.]+ \| [\d.]+ \| ([\d.]+), [\d.]+ \| ([\d,]+) \|$", out, re.M)
+    assert row, out
+    steps, ratio = int(row[2].replace(",", "")), float(row[1])
+    assert abs(steps * ratio - 1000) <= steps * 0.005 + 1  # (the ratio is shown to 0.01)
+
+
+def test_bench_step_cost_reads_candidates_as_kmlp_train_flags_on_best():
+    config = benchmark_module("bench_step_cost").candidate_config("--batch-size 2048 --lr 8e-3")
+    assert (config.batch_size, config.lr, config.n_hidden, config.rdrop) == (2048, 8e-3, 512, 1.0)
