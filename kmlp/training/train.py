@@ -123,7 +123,8 @@ def log_start(setup, log) -> None:
         new = setup.started_from["new_characters"]
         log(f"starting from {setup.started_from['run']}: its weights, and its vocabulary with "
             f"{len(new)} new character{'s' * (len(new) != 1)}" + (f" ({new})" if new else ""))
-    for note in filter(None, [dev_note(setup.data.num_names("dev"))]):
+    note = dev_note(setup.data.num_names("dev"))
+    if note:
         log(note)
 
 
