@@ -96,9 +96,10 @@ class Run:
 
     def own_data_path(self) -> Path:
         """:attr:`data_path`, or the :class:`RunError` saying the run names no data file."""
-        if self.data_path is None:
+        path = self.data_path
+        if path is None:
             raise RunError(f"{self.path / CONFIG_FILE} names no data file; pass --data PATH")
-        return self.data_path
+        return path
 
     def splits(self, data_path=None) -> tuple[dict | None, str | None]:
         """``(words, None)``: the train/dev/test names of ``data_path`` (default: the file the model
