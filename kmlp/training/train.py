@@ -53,6 +53,9 @@ def train(config: Config, data_path=None, out_dir=None, preset_name: str | None 
     run as it ran (no ``minutes``; ``stop_at`` where it ended early): it repeats the run exactly, and
     metrics.json records the budget under ``budget``. ``verbose`` shows the progress in optimizer
     steps (:class:`kmlp.training.callbacks.progress.Progress`).
+
+    With ``config.start_from`` the model starts from that run's (:mod:`kmlp.runs.start`), which is
+    only read; early stopping (:func:`early_stopping`) then keeps the weights of the best dev loss.
     """
     started = time.perf_counter() if started is None else started
     worker = distributed.worker_name(strategy)  # None: this process writes the run
